@@ -1,0 +1,128 @@
+"""The `dlrun` command: subcommands, help, and errors as one line.
+
+Nothing here imports torch, so `dlrun --help` and `dlrun train --cfg job` stay fast;
+the training code is imported only when a job actually runs.
+"""
+
+import difflib
+import os
+import sys
+from importlib.resources import files
+
+from dlrun import __version__
+from dlrun.errors import DlrunError
+
+SUBCOMMANDS = {
+    "train": "train a model, or one per combination with -m (a Hydra app: see `dlrun train --help`)",
+}
+HIDDEN_GROUPS = {"hydra"}
+
+
+def config_groups() -> dict[str, list[str]]:
+    """The shipped config groups and their options, read from the package's configs folder."""
+    root = files("dlrun.configs")
+    groups = {}
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.is_dir() and entry.name not in HIDDEN_GROUPS and not entry.name.startswith("_"):
+            options = sorted(f.name[: -len(".yaml")] for f in entry.iterdir() if f.name.endswith(".yaml"))
+            groups[entry.name] = options
+    return groups
+
+
+def print_help() -> None:
+    lines = [
+        f"dlrun {__version__}: a command-line experiment runner for PyTorch, driven by Hydra configs.",
+        "",
+        "Usage: dlrun COMMAND [ARGS...]",
+        "",
+        "Commands:",
+        *[f"  {name:<10}{text}" for name, text in SUBCOMMANDS.items()],
+        "",
+        "Config groups (choose with GROUP=OPTION, e.g. `dlrun train model=cnn`):",
+        *[f"  {group:<12}{', '.join(options) or '(none yet)'}" for group, options in config_groups().items()],
+        "",
+        "Examples:",
+        "  dlrun train                                    # an MLP on the bundled digits",
+        "  dlrun train model=cnn dataset=mnist device=cuda",
+        "  dlrun train -m optimizer.momentum=0,0.1,0.2,0.4,0.5",
+        "  tensorboard --logdir outputs",
+        "",
+        "Options: --help, --version. Set HYDRA_FULL_ERROR=1 or pass --verbose to see tracebacks.",
+    ]
+    print("\n".join(lines))
+
+
+def closest(word: str, choices, n: int = 3) -> list[str]:
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+
+
+def did_you_mean(word: str, choices) -> str:
+    matches = closest(word, choices)
+    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("HYDRA_FULL_ERROR") == "1" or "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+
+    if args and args[0] in ("-sc", "--shell-completion"):
+        return _complete_subcommand(args)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print_help()
+        return
+    if args[0] in ("-V", "--version"):
+        print(f"dlrun {__version__}")
+        return
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        _fail(f"unknown command '{command}'{did_you_mean(command, SUBCOMMANDS)} (commands: {', '.join(SUBCOMMANDS)})", 2)
+
+    # Hydra reports errors itself unless HYDRA_FULL_ERROR is set; with it set, they reach us
+    # and become one line here.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        if command == "train":
+            run_train_app(rest)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as err:
+        if debug:
+            raise
+        from dlrun.cli_errors import describe
+
+        message, code = describe(err, rest)
+        _fail(message, code)
+
+
+def run_train_app(args: list[str]):
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
+    def train(cfg):
+        from dlrun.train import run
+
+        return run(cfg)
+
+    sys.argv = [sys.argv[0], *args]
+    return train()
+
+
+def _complete_subcommand(args: list[str]) -> None:
+    """Shell completion: Hydra's script calls `dlrun -sc query=bash`; route it through `train`."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    is_query = any(a.startswith("query") for a in args[1:])
+    if is_query and len(words) >= 2 and words[1] in SUBCOMMANDS and (len(words) > 2 or line.endswith(" ")):
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (" " if line.endswith(" ") else "")
+        run_train_app(args)
+    elif is_query:
+        prefix = words[1] if len(words) > 1 and not line.endswith(" ") else ""
+        print(" ".join(name for name in SUBCOMMANDS if name.startswith(prefix)))
+    else:  # install / uninstall
+        run_train_app(args)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"dlrun: error: {message}\n")
+    sys.exit(code)
