@@ -1,10 +1,13 @@
 """What a run prints: rich progress and tables on a terminal, plain lines when output is piped."""
 
 import contextlib
+import logging
 
 from rich.console import Console as RichConsole
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+log = logging.getLogger("dlrun")
 
 
 def _fmt(row: dict, split: str) -> str:
@@ -18,6 +21,7 @@ class Console:
         self.progress: Progress | None = None
 
     def print(self, text: str = "", style: str | None = None) -> None:
+        log.info(text)
         if self.tty:
             self.rich.print(text, style=style)
         else:
@@ -60,6 +64,7 @@ class Console:
             f"epoch {row['epoch']:>{width}}/{epochs}  train {_fmt(row, 'train')}  "
             f"val {_fmt(row, 'val')}  {row['time_s']:.1f}s"
         )
+        log.info(line + ("  * best" if improved else ""))
         if self.tty:
             self.rich.print(line + ("  [green]* best[/]" if improved else ""))
             self.progress.advance(self._epochs)
@@ -69,6 +74,7 @@ class Console:
     def summary(self, title: str, rows: dict[str, dict]) -> None:
         """A table of splits (rows) by metrics (columns)."""
         metrics = list(next(iter(rows.values())))
+        log.info("%s: %s", title, rows)
         if self.tty:
             table = Table(title=title, title_justify="left")
             table.add_column("split")

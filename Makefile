@@ -1,0 +1,39 @@
+# dlrun's development commands. `make train` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA_ROOT ?= ../shared/data
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-fast bench tb clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install dlrun (editable) with its test tools
+
+train: install ## install, then train the default MLP on the bundled digits (offline)
+	$(BIN)/dlrun train
+
+test: install ## install, then run the whole test suite
+	$(BIN)/python -m pytest
+
+test-fast: install ## the tests that do not start dlrun in a subprocess
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: install ## speed and memory benchmarks on real MNIST (set DATA_ROOT, default ../shared/data)
+	$(BIN)/python scripts/bench.py --data-root $(DATA_ROOT)
+
+tb: install ## TensorBoard over outputs/
+	$(BIN)/tensorboard --logdir outputs
+
+clean: ## remove runs, build files and caches (keeps .venv)
+	rm -rf outputs/runs outputs/sweeps outputs/multirun build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
