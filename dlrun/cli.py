@@ -52,8 +52,8 @@ def print_help() -> None:
     print("\n".join(lines))
 
 
-def closest(word: str, choices, n: int = 3) -> list[str]:
-    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+def closest(word: str, choices, n: int = 2) -> list[str]:
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -98,14 +98,29 @@ def main(argv: list[str] | None = None) -> None:
 def run_train_app(args: list[str]):
     import hydra
 
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    failure: list[BaseException] = []
+
     @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
     def train(cfg):
         from dlrun.train import run
 
-        return run(cfg)
+        try:
+            return run(cfg)
+        except Exception as err:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            # A single run's error is re-raised below, outside Hydra, which would
+            # otherwise print its own "Error executing job" line first.
+            failure.append(err)
 
     sys.argv = [sys.argv[0], *args]
-    return train()
+    result = train()
+    if failure:
+        raise failure[0]
+    return result
 
 
 def _complete_subcommand(args: list[str]) -> None:

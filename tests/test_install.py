@@ -1,0 +1,50 @@
+"""The built wheel carries the configs: `python -m dlrun` works from any directory without the source tree."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("dlrun-*.whl")
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert (target / "dlrun" / "configs" / "train.yaml").is_file()
+    assert (target / "dlrun" / "configs" / "model" / "cnn.yaml").is_file()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = "import dlrun, sys; sys.stdout.write(dlrun.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert where.stdout.startswith(str(target)), where.stdout + where.stderr
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlrun", "train", "--cfg", "job", "model=cnn", "optimizer=adam"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: dlrun.models.CNN" in proc.stdout
+    assert "_target_: torch.optim.Adam" in proc.stdout
