@@ -14,10 +14,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,cluster,search]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install dlrun (editable) with its test tools
+install: $(STAMP) ## create .venv and install dlrun (editable) with its test tools and the sweep extras
 
 train: install ## install, then train the default MLP on the bundled digits (offline)
 	$(BIN)/dlrun train

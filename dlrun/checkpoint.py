@@ -6,13 +6,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from dlrun import report
+from dlrun import distributed, report
 from dlrun.errors import DlrunError
 
 FORMAT = "dlrun-checkpoint-1"
 
 
 def save(path: Path, model, optimizer, epoch: int, cfg, data) -> None:
+    if not distributed.is_main():  # in a multi-process run, rank 0 alone writes (all ranks hold the same weights)
+        return
     state = {
         "format": FORMAT,
         "epoch": epoch,

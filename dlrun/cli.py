@@ -14,8 +14,10 @@ from dlrun.errors import DlrunError
 
 SUBCOMMANDS = {
     "train": "train a model, or one per combination with -m (a Hydra app: see `dlrun train --help`)",
+    "compare": "one table and plot over existing run or sweep directories (see `dlrun compare --help`)",
 }
 HIDDEN_GROUPS = {"hydra"}
+VERBOSE = False  # tracebacks wanted (--verbose or HYDRA_FULL_ERROR=1); ranks started by trainer.devices=N inherit it
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -45,6 +47,8 @@ def print_help() -> None:
         "  dlrun train                                    # an MLP on the bundled digits",
         "  dlrun train model=cnn dataset=mnist device=cuda",
         "  dlrun train -m optimizer.momentum=0,0.1,0.2,0.4,0.5",
+        "  dlrun train experiment=activation              # one of the course's comparisons",
+        "  dlrun compare outputs/sweeps/<dir> outputs/runs/<dir>",
         "  tensorboard --logdir outputs",
         "",
         "Options: --help, --version. Set HYDRA_FULL_ERROR=1 or pass --verbose to see tracebacks.",
@@ -63,7 +67,8 @@ def did_you_mean(word: str, choices) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("HYDRA_FULL_ERROR") == "1" or "--verbose" in args
+    global VERBOSE
+    VERBOSE = debug = os.environ.get("HYDRA_FULL_ERROR") == "1" or "--verbose" in args
     args = [a for a in args if a != "--verbose"]
 
     if args and args[0] in ("-sc", "--shell-completion"):
@@ -84,8 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command == "train":
             run_train_app(rest)
+        elif command == "compare":
+            from dlrun.sweep import compare_main
+
+            compare_main(rest)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader left (`dlrun train --help | head`): not an error; keep Python quiet at exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except Exception as err:
         if debug:
             raise
@@ -105,10 +118,10 @@ def run_train_app(args: list[str]):
 
     @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
     def train(cfg):
-        from dlrun.train import run
+        from dlrun.sweep import run_job  # a sweep's job: skipped when finished, recorded when failing
 
         try:
-            return run(cfg)
+            return run_job(cfg)
         except Exception as err:
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 raise
@@ -120,6 +133,9 @@ def run_train_app(args: list[str]):
     result = train()
     if failure:
         raise failure[0]
+    from dlrun.sweep import check_last_sweep
+
+    check_last_sweep()  # a sweep in which any job failed exits non-zero, after its summary
     return result
 
 
@@ -139,5 +155,7 @@ def _complete_subcommand(args: list[str]) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    sys.stderr.write(f"dlrun: error: {message}\n")
+    from dlrun.distributed import rank_label  # "rank N: " when this is one of several ranks
+
+    sys.stderr.write(f"dlrun: error: {rank_label()}{message}\n")
     sys.exit(code)

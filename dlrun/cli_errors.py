@@ -1,6 +1,8 @@
 """Turn an exception from a `dlrun` command into one line for the user, and an exit code."""
 
+import errno
 import re
+import traceback
 
 from hydra.errors import (
     ConfigCompositionException,
@@ -8,14 +10,19 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from dlrun.cli import config_groups, did_you_mean
 from dlrun.errors import DlrunError
 
 
 def describe(err: BaseException, overrides: list[str]) -> tuple[str, int]:
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, DlrunError):
+        err = err.__cause__  # a model's own ConfigError, raised while Hydra built it
     if isinstance(err, DlrunError):
         return str(err), err.exit_code
+    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        return _disk_error(err)
     if isinstance(err, MissingConfigException):
         return _missing_option(err), 2
     if isinstance(err, OverrideParseException):
@@ -29,7 +36,46 @@ def describe(err: BaseException, overrides: list[str]) -> tuple[str, int]:
         return _first_line(str(cause) if cause else str(err)), 2
     if isinstance(err, InstantiationException):
         return _first_line(str(err)), 2
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
+        return f"{err.full_key}: missing from the config (removed with ~KEY?); `dlrun train --cfg job` shows every key", 2
+    if isinstance(err, (ValueError, TypeError)) and _raised_in(err, "hydra/_internal/"):
+        return _bad_override(err, overrides), 2
     return f"{type(err).__name__}: {_first_line(str(err))} (run again with --verbose for the traceback)", 1
+
+
+# Errors of the file system rather than of dlrun: a path that cannot be written, or a full disk.
+DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+               errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _disk_error(err: OSError) -> tuple[str, int]:
+    where = err.filename or "a file"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"cannot write {where}: {err.strerror}. Files written before are intact (each is replaced only "
+                "once its new version is complete); free some space, then continue with "
+                "`dlrun train resume=RUN_DIR` (or resume=latest)", 1)
+    # Hydra creates the run directory before dlrun runs: a failure there is the output folder's fault.
+    frames = traceback.extract_tb(err.__traceback__)
+    if any(frame.filename.replace("\\", "/").endswith("hydra/core/utils.py") for frame in frames):
+        return (f"hydra.run.dir={where}: must be a writable folder ({err.strerror}); choose another with "
+                "hydra.run.dir=PATH (hydra.sweep.dir=PATH with -m)", 2)
+    return f"{where}: {err.strerror}", 2
+
+
+def _raised_in(err: BaseException, path: str) -> bool:
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and path in frames[-1].filename.replace("\\", "/")
+
+
+def _bad_override(err: BaseException, overrides: list[str]) -> str:
+    """Hydra's own checks of a group choice that is not a name (`dataset=0`, say) end as plain errors."""
+    groups = config_groups()
+    for override in overrides:
+        group, _, option = override.partition("=")
+        if group in groups and option not in groups[group]:
+            return (f"{group}={option}: no such option{did_you_mean(option, groups[group])} "
+                    f"(options: {', '.join(groups[group])})")
+    return f"cannot compose the config: {_first_line(str(err))}"
 
 
 def _missing_option(err: MissingConfigException) -> str:
@@ -44,16 +90,24 @@ def _missing_option(err: MissingConfigException) -> str:
 def known_keys(overrides: list[str]) -> list[str]:
     """Every key of the config composed with the user's group choices, plus the group names."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     choices = [o for o in overrides if "=" in o and "." not in o.split("=")[0] and "," not in o]
     keys = set(config_groups())
+
+    def composed():
+        try:
+            return compose("train", overrides=choices)
+        except Exception:
+            return compose("train")
+
     try:
-        with initialize_config_module("dlrun.configs", version_base="1.3"):
-            try:
-                cfg = compose("train", overrides=choices)
-            except Exception:
-                cfg = compose("train")
+        if GlobalHydra.instance().is_initialized():  # called inside a Hydra context (a test's compose)
+            cfg = composed()
+        else:
+            with initialize_config_module("dlrun.configs", version_base="1.3"):
+                cfg = composed()
     except Exception:
         return sorted(keys)
 

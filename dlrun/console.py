@@ -7,6 +7,8 @@ from rich.console import Console as RichConsole
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from dlrun import distributed
+
 log = logging.getLogger("dlrun")
 
 
@@ -19,9 +21,13 @@ class Console:
         self.rich = RichConsole(highlight=False)
         self.tty = self.rich.is_terminal
         self.progress: Progress | None = None
+        # In a multi-process run rank 0 alone prints; every rank still writes its own log.
+        self.silent = not distributed.is_main()
 
     def print(self, text: str = "", style: str | None = None) -> None:
         log.info(text)
+        if self.silent:
+            return
         if self.tty:
             self.rich.print(text, style=style)
         else:
@@ -30,7 +36,7 @@ class Console:
     @contextlib.contextmanager
     def training(self, epochs: int):
         """Progress over epochs and batches on a terminal; nothing extra when piped."""
-        if not self.tty:
+        if not self.tty or self.silent:
             yield
             return
         self.progress = Progress(
@@ -65,6 +71,8 @@ class Console:
             f"val {_fmt(row, 'val')}  {row['time_s']:.1f}s"
         )
         log.info(line + ("  * best" if improved else ""))
+        if self.silent:
+            return
         if self.tty:
             self.rich.print(line + ("  [green]* best[/]" if improved else ""))
             self.progress.advance(self._epochs)
@@ -75,6 +83,8 @@ class Console:
         """A table of splits (rows) by metrics (columns)."""
         metrics = list(next(iter(rows.values())))
         log.info("%s: %s", title, rows)
+        if self.silent:
+            return
         if self.tty:
             table = Table(title=title, title_justify="left")
             table.add_column("split")

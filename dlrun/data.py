@@ -179,33 +179,60 @@ def _unpack(source: Path, dest: Path) -> None:
 class DeviceLoader:
     """Batches of a split held on `device`: one shuffle per epoch, normalised on the device.
 
-    A trailing batch of one sample joins the batch before it, since batch norm cannot train on one."""
+    A trailing batch of one sample joins the batch before it, since batch norm cannot train on one.
 
-    def __init__(self, split: Split, batch_size: int, device, mean, std, shuffle: bool, seed: int = 0):
+    With several ranks, every rank draws the same permutation (same seed) and takes every
+    `world_size`-th index of it from `rank`, so step s of all ranks together is the batch that one
+    process with batch_size x world_size would take. A shuffled (training) shard is padded with the
+    permutation's first indices to ceil(n / world_size), so that every rank takes as many steps."""
+
+    def __init__(self, split: Split, batch_size: int, device, mean, std, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         self.x = split.x.to(device)
         self.y = split.y.to(device)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.shuffle = shuffle
+        self.rank, self.world_size = rank, world_size
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
+    def _served(self) -> int:
+        """Samples this rank serves per epoch."""
+        n, w = len(self.y), self.world_size
+        if w == 1:
+            return n
+        return math.ceil(n / w) if self.shuffle else len(range(self.rank, n, w))
+
     def __len__(self) -> int:
-        n = len(self.y)
+        n = self._served()
         batches = math.ceil(n / self.batch_size)
         return batches - 1 if batches > 1 and n % self.batch_size == 1 else batches
 
     def _bounds(self):
-        n, n_batches = len(self.y), len(self)
+        n, n_batches = self._served(), len(self)
         for i in range(n_batches):
             yield i * self.batch_size, n if i == n_batches - 1 else (i + 1) * self.batch_size
 
-    def __iter__(self):
+    def _order(self) -> torch.Tensor | None:
+        n, w = len(self.y), self.world_size
         if self.shuffle:
-            order = torch.randperm(len(self.y), generator=self.generator, device=self.device)
-        for start, stop in self._bounds():
+            order = torch.randperm(n, generator=self.generator, device=self.device)
+        elif w == 1:
+            return None  # contiguous slices, no gather
+        else:
+            order = torch.arange(n, device=self.device)
+        if w > 1:
             if self.shuffle:
+                order = order[torch.arange(math.ceil(n / w) * w, device=self.device) % n]
+            order = order[self.rank :: w]
+        return order
+
+    def __iter__(self):
+        order = self._order()
+        for start, stop in self._bounds():
+            if order is not None:
                 index = order[start:stop]
                 x, y = self.x[index], self.y[index]
             else:

@@ -93,3 +93,35 @@ def curves_figure(history: list[dict], metrics=("loss", "accuracy", "f1")):
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+def classification_report(cm: np.ndarray, classes: list[str]) -> tuple[list[str], list[list]]:
+    """Per-class precision, recall, F1 and support from a confusion matrix (rows true, columns predicted),
+    then the macro and support-weighted averages, as scikit-learn's classification_report lays them out."""
+    cm = np.asarray(cm, dtype=float)
+    tp, predicted, support = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(tp), where=total > 0)
+    rows = [[name, p, r, f, int(s)] for name, p, r, f, s in zip(classes, precision, recall, f1, support)]
+    weights = support / max(support.sum(), 1)
+    for name, avg in (("macro avg", np.mean), ("weighted avg", lambda v: float(np.sum(v * weights)))):
+        rows.append([name, avg(precision), avg(recall), avg(f1), int(support.sum())])
+    rows = [[name, round(float(p), 6), round(float(r), 6), round(float(f), 6), s] for name, p, r, f, s in rows]
+    return ["class", "precision", "recall", "f1", "support"], rows
+
+
+def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8):
+    """Images (N, C, H, W) in [0, 1], each with a title above it."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        picture = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+        ax.imshow(picture, cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig

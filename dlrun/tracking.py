@@ -1,14 +1,19 @@
 """Where a run's numbers go: TensorBoard event files, history.csv and metrics.json in the run directory."""
 
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from dlrun import report
+from dlrun import distributed, report
+
+log = logging.getLogger(__name__)
 
 METRICS = ("loss", "accuracy", "precision", "recall", "f1")
 HPARAM_METRICS = [f"{split}/{m}" for split in ("test", "val") for m in ("accuracy", "f1", "loss")]
@@ -35,7 +40,9 @@ class Tracker:
         self.history: list[dict] = []
         self.start = time.time()
         self.metrics = {"status": "running", **info}
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        # In a multi-process run only rank 0 writes; the others keep the same history in memory.
+        self.writes = distributed.is_main()
+        self.writer = SummaryWriter(log_dir=str(self.run_dir)) if self.writes else _NullWriter()
         self.cfg = cfg
         self.writer.add_custom_scalars(
             {
@@ -54,10 +61,58 @@ class Tracker:
                 self.writer.file_writer.add_summary(summary)
         self.save_metrics()
 
-    def log_steps(self, first_step: int, losses: list[float], lrs: list[float]) -> None:
+    def log_steps(self, first_step: int, losses: list[float], lrs: list[float], grad_norms: list[float] | None = None) -> None:
         for i, (loss, lr) in enumerate(zip(losses, lrs)):
             self.writer.add_scalar("train/loss_step", loss, first_step + i)
             self.writer.add_scalar("train/lr", lr, first_step + i)
+            if grad_norms:
+                self.writer.add_scalar("train/grad_norm", grad_norms[i], first_step + i)
+
+    def log_graph(self, model, example: torch.Tensor) -> None:
+        if not self.cfg.logging.graph:
+            return
+        was_training = model.training
+        model.eval()  # tracing runs the model: batch norm must not learn from the example
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, on every run
+                self.writer.add_graph(model, example)
+        except Exception as err:  # some models cannot be traced; the run goes on without the graph
+            log.warning("model graph not written to TensorBoard: %s", str(err).splitlines()[0] if str(err) else err)
+        finally:
+            model.train(was_training)
+
+    def log_model(self, model, epoch: int) -> None:
+        """Weight and gradient histograms every `histograms_every` epochs; a logistic model's class templates."""
+        every = self.cfg.logging.histograms_every
+        if every and epoch % every == 0:
+            for name, param in model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", param.detach(), epoch)
+                if param.grad is not None:  # the last step's gradient
+                    self.writer.add_histogram(f"gradients/{name}", param.grad, epoch)
+        images = model.weight_images() if self.cfg.logging.weight_images and hasattr(model, "weight_images") else None
+        if images is not None:
+            self.writer.add_images("weights/class_templates", _unit_range(images).cpu(), epoch)
+
+    @torch.no_grad()
+    def log_misclassified(self, model, loader, epoch: int) -> None:
+        """A grid of test images the model gets wrong, titled with their true and predicted classes."""
+        wanted = self.cfg.logging.misclassified
+        if not wanted:
+            return
+        model.eval()
+        images, titles = [], []
+        for x, y in loader:
+            if x.dim() != 4:  # not images
+                return
+            pred = model(x).argmax(1)
+            wrong = (pred != y).nonzero().flatten()[: wanted - len(images)].cpu()
+            images += list(_unit_range(x[wrong].float()).cpu().numpy())
+            titles += [f"true {self.classes[t]}\npred {self.classes[p]}" for t, p in zip(y[wrong].tolist(), pred[wrong].tolist())]
+            if len(images) >= wanted:
+                break
+        if images:
+            self.writer.add_figure("test/misclassified", report.image_grid_figure(np.stack(images), titles), epoch)
 
     def log_epoch(self, row: dict, val_cm: np.ndarray | None) -> None:
         epoch = row["epoch"]
@@ -71,25 +126,52 @@ class Tracker:
         self.writer.flush()
         self.history.append(row)
         header = list(row)
-        report.write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
+        if self.writes:
+            report.write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
 
     def log_test(self, test: dict, cm: np.ndarray, epoch: int) -> None:
+        if not self.writes:
+            self.metrics["test"] = test
+            return
         for key, value in test.items():
             self.writer.add_scalar(f"test/{key}", value, epoch)
         fig = report.confusion_figure(cm, self.classes, "test")
         self.writer.add_figure("test/confusion_matrix", fig, epoch)
         report.save_figure(report.confusion_figure(cm, self.classes, "test"), self.run_dir / "confusion_matrix.png")
         report.write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
+        header, rows = report.classification_report(cm, self.classes)
+        report.write_csv(self.run_dir / "classification_report.csv", header, rows)
+        table = [f"| {' | '.join(header)} |", "|" + " --- |" * len(header)]
+        table += [f"| {' | '.join(str(v) for v in row)} |" for row in rows]
+        self.writer.add_text("test/classification_report", "\n".join(table), epoch)
         self.metrics["test"] = test
 
     def save_metrics(self, **fields) -> None:
         self.metrics.update(fields, wall_time_s=round(time.time() - self.start, 3))
-        report.write_json(self.run_dir / "metrics.json", self.metrics)
+        if self.writes:
+            report.write_json(self.run_dir / "metrics.json", self.metrics)
 
     def close(self, status: str) -> None:
-        if self.history:
+        if self.history and self.writes:
             report.save_figure(report.curves_figure(self.history), self.run_dir / "curves.png")
         if status == "completed" and self.cfg.logging.hparams:
             self.writer.file_writer.add_summary(self._session_end)
         self.writer.close()
         self.save_metrics(status=status)
+
+
+def _unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Scale each image (N, C, H, W) to [0, 1] on its own, for display."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    return (images - low) / (high - low).clamp_min(1e-12)
+
+
+class _NullWriter:
+    """A SummaryWriter that writes nothing, for ranks other than 0: any method, any attribute, does nothing."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return None

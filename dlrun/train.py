@@ -12,29 +12,34 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dlrun import checkpoint
+from dlrun import checkpoint, distributed
 from dlrun.config_checks import check_config
 from dlrun.console import Console
 from dlrun.data import DeviceLoader, load_data
 from dlrun.errors import DeviceError
 from dlrun.metrics import classification_metrics, confusion_matrix
-from dlrun.models import count_parameters, initialize
+from dlrun.initializers import describe as describe_init, initialize
+from dlrun.models import count_parameters
+from dlrun.optim import EarlyStopping, Regime, Schedule, build_loss, build_optimizer
 from dlrun.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, metrics, on_step):
+def train_one_epoch(model, loader, loss_fn, optimizer, regime, metrics, on_step):
     model.train()
     metrics.reset()
     for x, y in loader:
         logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + regime.penalty()).backward()
+        grad_norm = regime.clip_gradients()
+        lr = optimizer.param_groups[0]["lr"]  # the lr this step uses, before a per-step schedule moves it
         optimizer.step()
+        regime.after_step()
         metrics.update(logits.detach(), y, loss.detach())
-        on_step(loss.detach())
+        on_step(loss.detach(), lr, grad_norm)
     return metrics.compute()
 
 
@@ -54,27 +59,40 @@ def evaluate(model, loader, loss_fn, metrics, confusion=None):
 
 
 def run(cfg: DictConfig) -> float:
+    # With trainer.devices > 1 this process launches the ranks, and each rank calls run_in_process.
+    return distributed.run(cfg, run_in_process)
+
+
+def run_in_process(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     console = Console()
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(cfg, resolve_device(cfg.device))
     seed_everything(cfg.seed)
     trainer = cfg.trainer
 
-    data = load_data(cfg.dataset, cfg.seed, trainer.val_fraction)
+    with distributed.local_main_first():  # one process per machine downloads and unpacks
+        data = load_data(cfg.dataset, cfg.seed, trainer.val_fraction)
     model = instantiate(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
     init_fn = instantiate(cfg.initializer.fn) if cfg.initializer.fn else None
     initialized = initialize(model, init_fn, cfg.initializer.zero_bias)
     model.to(device)
-    optimizer = instantiate(cfg.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
-    loss_fn = nn.CrossEntropyLoss()
+    optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+    distributed.scale_lr(optimizer, trainer.get("scale_lr", False))
+    train_model = distributed.wrap(model, device, cfg.seed)  # DDP with several ranks; `model` is for eval and saving
+    train_loss_fn = build_loss(trainer, data.train.y, data.num_classes).to(device)
+    loss_fn = nn.CrossEntropyLoss()  # val and test: plain cross-entropy, comparable across runs
 
-    train_loader = DeviceLoader(data.train, trainer.batch_size, device, data.mean, data.std, shuffle=True, seed=cfg.seed)
-    val_loader = DeviceLoader(data.val, trainer.eval_batch_size, device, data.mean, data.std, shuffle=False)
-    test_loader = DeviceLoader(data.test, trainer.eval_batch_size, device, data.mean, data.std, shuffle=False)
+    shard = distributed.shard()  # each rank its part of every epoch; trainer.batch_size is per rank
+    train_loader = DeviceLoader(data.train, trainer.batch_size, device, data.mean, data.std, shuffle=True, seed=cfg.seed, **shard)
+    val_loader = DeviceLoader(data.val, trainer.eval_batch_size, device, data.mean, data.std, shuffle=False, **shard)
+    test_loader = DeviceLoader(data.test, trainer.eval_batch_size, device, data.mean, data.std, shuffle=False, **shard)
     train_metrics = classification_metrics(data.num_classes).to(device)
     eval_metrics = classification_metrics(data.num_classes).to(device)
     confusion = confusion_matrix(data.num_classes).to(device)
+    schedule = Schedule(cfg.scheduler, optimizer, trainer.epochs, len(train_loader))
+    regime = Regime(trainer, model, schedule, cfg.logging.grad_norm)
+    stopper = EarlyStopping(trainer.early_stopping)
 
     total, trainable = count_parameters(model)
     model_name = type(model).__name__
@@ -84,7 +102,7 @@ def run(cfg: DictConfig) -> float:
     )
     console.print(f"model: {total:,} parameters ({trainable:,} trainable); run dir: {run_dir}")
     log.info("model:\n%s", model)
-    log.info("initializer %s applied to: %s", cfg.initializer.fn._target_ if init_fn else "default (PyTorch's own)",
+    log.info("initializer: %s; applied to: %s", describe_init(init_fn, cfg.initializer.zero_bias),
              ", ".join(initialized) or "nothing")
 
     tracker = Tracker(
@@ -96,20 +114,22 @@ def run(cfg: DictConfig) -> float:
             "model": model_name,
             "dataset": cfg.dataset.name,
             "device": str(device),
+            "world_size": distributed.world_size(),
             "seed": cfg.seed,
             "parameters": {"total": total, "trainable": trainable},
             "monitor": trainer.monitor,
         },
     )
+    tracker.log_graph(model, torch.zeros(1, *data.in_shape, device=device))
     sign = 1 if trainer.mode == "max" else -1
     best_value, best_epoch = -float("inf") * sign, 0
     step = 0
-    pending: list[torch.Tensor] = []  # step losses, read from the device every log_every_n_steps
+    pending: list[tuple] = []  # (loss, lr, grad norm) per step, read from the device every log_every_n_steps
 
-    def on_step(loss):
+    def on_step(loss, lr, grad_norm):
         nonlocal step
         step += 1
-        pending.append(loss)
+        pending.append((loss, lr, grad_norm))
         info = None
         if len(pending) >= trainer.log_every_n_steps:
             info = flush_steps()
@@ -118,9 +138,9 @@ def run(cfg: DictConfig) -> float:
     def flush_steps():
         if not pending:
             return None
-        losses = torch.stack(pending).float().cpu().tolist()
-        lr = optimizer.param_groups[0]["lr"]
-        tracker.log_steps(step - len(losses) + 1, losses, [lr] * len(losses))
+        losses = distributed.mean_over_ranks(torch.stack([p[0] for p in pending]).float()).cpu().tolist()
+        norms = torch.stack([p[2] for p in pending]).float().cpu().tolist() if pending[0][2] is not None else None
+        tracker.log_steps(step - len(losses) + 1, losses, [p[1] for p in pending], norms)
         pending.clear()
         return f"loss {losses[-1]:.4f}"
 
@@ -130,7 +150,7 @@ def run(cfg: DictConfig) -> float:
             for epoch in range(1, trainer.epochs + 1):
                 start = time.time()
                 console.start_epoch(epoch, len(train_loader))
-                train_stats = train_one_epoch(model, train_loader, loss_fn, optimizer, train_metrics, on_step)
+                train_stats = train_one_epoch(train_model, train_loader, train_loss_fn, optimizer, regime, train_metrics, on_step)
                 flush_steps()
                 val_stats, val_cm = evaluate(model, val_loader, loss_fn, eval_metrics, confusion)
                 row = {"epoch": epoch}
@@ -146,14 +166,25 @@ def run(cfg: DictConfig) -> float:
                     checkpoint.save(run_dir / "best.pt", model, optimizer, epoch, cfg, data)
                 checkpoint.save(run_dir / "last.pt", model, optimizer, epoch, cfg, data)
                 tracker.log_epoch(row, val_cm)
-                tracker.save_metrics(epochs_completed=epoch, best={"epoch": best_epoch, trainer.monitor: best_value})
+                tracker.log_model(model, epoch)
+                stop = stopper.update(row)
+                tracker.save_metrics(epochs_completed=epoch, best={"epoch": best_epoch, trainer.monitor: best_value},
+                                     early_stopping=stopper.summary())
                 console.epoch_row(row, trainer.epochs, improved)
+                schedule.after_epoch(row)
+                if stop:
+                    console.print(f"early stopping: {stopper.monitor} has not improved by more than "
+                                  f"{stopper.min_delta} for {stopper.patience} epochs (best epoch {stopper.best_epoch})")
+                    break
 
         # Test the best epoch's weights, reloaded from disk as a user would.
-        model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
+        if distributed.is_main():  # rank 0 reads best.pt, the other ranks get its weights from it
+            model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
+        distributed.broadcast_from_main(model)
         test_stats, test_cm = evaluate(model, test_loader, loss_fn, eval_metrics, confusion)
         test = to_floats(test_stats)
         tracker.log_test(test, test_cm, best_epoch)
+        tracker.log_misclassified(model, test_loader, best_epoch)
         best_row = tracker.history[best_epoch - 1]
         best = {"epoch": best_epoch, **{k: v for k, v in best_row.items() if k.startswith("val/")}}
         tracker.save_metrics(best=best)
