@@ -1,18 +1,24 @@
-"""Checkpoints: written atomically, loaded with weights_only=True so that loading never runs code."""
+"""Checkpoints: written atomically, loaded with weights_only=True so that loading never runs code.
+
+last.pt also holds what `dlrun train resume=PATH` needs to continue as if never stopped: the step,
+the scheduler, early stopping, the history and every random generator's state."""
 
 import io
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from dlrun import distributed, report
-from dlrun.errors import DlrunError
+from dlrun.errors import ConfigError, DlrunError
 
 FORMAT = "dlrun-checkpoint-1"
 
 
-def save(path: Path, model, optimizer, epoch: int, cfg, data) -> None:
+def save(path: Path, model, optimizer, epoch: int, cfg, data, **extra) -> None:
     if not distributed.is_main():  # in a multi-process run, rank 0 alone writes (all ranks hold the same weights)
         return
     state = {
@@ -25,6 +31,7 @@ def save(path: Path, model, optimizer, epoch: int, cfg, data) -> None:
         "in_shape": list(data.in_shape),
         "mean": list(data.mean),
         "std": list(data.std),
+        **extra,
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -44,3 +51,65 @@ def load(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DlrunError(f"{path}: not a dlrun checkpoint (no '{FORMAT}' format tag)")
     return state
+
+
+def rng_state(*generators: torch.Generator) -> dict:
+    """Every random stream a run draws from, in types that weights_only loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached": cached},
+        "torch": torch.get_rng_state(),
+        "generators": [g.get_state() for g in generators],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, *generators: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for generator, saved in zip(generators, state["generators"]):
+        generator.set_state(saved)
+
+
+# ---- `dlrun train resume=PATH|latest`: which run, and the command line that continues it ----
+
+def find_run(spec: str, cwd: Path) -> Path:
+    """The run directory that `resume=SPEC` names: a run directory, its last.pt, or `latest`."""
+    if spec == "latest":
+        found = sorted((cwd / "outputs").glob("**/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError("resume", spec, f"no run with a last.pt under {cwd / 'outputs'}; pass its directory")
+        return found[-1].parent.resolve()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise ConfigError("resume", spec, "must be a run directory, its last.pt, or latest")
+    if not (path / "last.pt").is_file():
+        raise ConfigError("resume", spec, "has no last.pt to continue from: the run stopped before its first "
+                          "checkpoint, so start it again")
+    return path.resolve()
+
+
+def resume_args(args: list[str], cwd: Path) -> list[str]:
+    """`dlrun train resume=X [KEY=VALUE...]` -> the run's own overrides, then the new ones, into its directory."""
+    spec = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
+    run_dir = find_run(spec, cwd)
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
+    merged = {}
+    for override in [*(saved or []), *(a for a in args if not a.startswith("resume="))]:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in ("resume", "hydra.run.dir"):
+            merged[key] = override
+    quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return [*merged.values(), f"resume={quoted}", f"hydra.run.dir={quoted}"]

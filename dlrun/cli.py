@@ -15,6 +15,7 @@ from dlrun.errors import DlrunError
 SUBCOMMANDS = {
     "train": "train a model, or one per combination with -m (a Hydra app: see `dlrun train --help`)",
     "compare": "one table and plot over existing run or sweep directories (see `dlrun compare --help`)",
+    "eval": "evaluate a saved run or checkpoint again, on test, val or another dataset (see `dlrun eval --help`)",
 }
 HIDDEN_GROUPS = {"hydra"}
 VERBOSE = False  # tracebacks wanted (--verbose or HYDRA_FULL_ERROR=1); ranks started by trainer.devices=N inherit it
@@ -41,7 +42,7 @@ def print_help() -> None:
         *[f"  {name:<10}{text}" for name, text in SUBCOMMANDS.items()],
         "",
         "Config groups (choose with GROUP=OPTION, e.g. `dlrun train model=cnn`):",
-        *[f"  {group:<12}{', '.join(options) or '(none yet)'}" for group, options in config_groups().items()],
+        *[f"  {group:<16}{', '.join(options) or '(none yet)'}" for group, options in config_groups().items()],
         "",
         "Examples:",
         "  dlrun train                                    # an MLP on the bundled digits",
@@ -49,6 +50,8 @@ def print_help() -> None:
         "  dlrun train -m optimizer.momentum=0,0.1,0.2,0.4,0.5",
         "  dlrun train experiment=activation              # one of the course's comparisons",
         "  dlrun compare outputs/sweeps/<dir> outputs/runs/<dir>",
+        "  dlrun train resume=latest                      # continue a stopped run from its last.pt",
+        "  dlrun eval outputs/runs/<dir> split=val        # evaluate a saved run again",
         "  tensorboard --logdir outputs",
         "",
         "Options: --help, --version. Set HYDRA_FULL_ERROR=1 or pass --verbose to see tracebacks.",
@@ -93,8 +96,12 @@ def main(argv: list[str] | None = None) -> None:
             from dlrun.sweep import compare_main
 
             compare_main(rest)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        elif command == "eval":
+            from dlrun.evaluate import main as eval_main
+
+            eval_main(rest)
+    except KeyboardInterrupt as err:  # Ctrl-C (130), or SIGTERM (143) once the run has saved its state
+        _fail(str(err) or "interrupted", getattr(err, "exit_code", 130))
     except BrokenPipeError:
         # The reader left (`dlrun train --help | head`): not an error; keep Python quiet at exit too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -129,6 +136,14 @@ def run_train_app(args: list[str]):
             # otherwise print its own "Error executing job" line first.
             failure.append(err)
 
+    if any(a.startswith("resume=") and a != "resume=null" for a in args):
+        if any(a in ("-m", "--multirun") for a in args):
+            raise DlrunError("resume=: continues one run; to continue a sweep, run the same sweep command again")
+        from pathlib import Path
+
+        from dlrun.checkpoint import resume_args
+
+        args = resume_args(args, Path.cwd())  # the run's own overrides, into its own directory
     sys.argv = [sys.argv[0], *args]
     result = train()
     if failure:

@@ -31,6 +31,10 @@ DATASET_SHAPES = {
     "kmnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
     "cifar100": ((3, 32, 32), 100),
+    "spiral": ((2,), 3),  # points in the plane; spiral's class count is dataset.num_classes
+    "xor": ((2,), 2),
+    "moons": ((2,), 2),
+    "circles": ((2,), 2),
 }
 
 # A rule takes a value and returns None when it is allowed, else what is allowed.
@@ -150,6 +154,7 @@ GAIN_NONLINEARITIES = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"
 # a key the config has but this table does not is left to the dry build below.
 SCHEMA: dict[str, Rule] = {
     "seed": integer(lo=0, hi=2**63 - 1),
+    "resume": lambda v: None if v is None or (isinstance(v, str) and v) else "must be a run directory or latest",
     # trainer
     "trainer.epochs": integer(1),
     "trainer.batch_size": integer(1),
@@ -158,6 +163,9 @@ SCHEMA: dict[str, Rule] = {
     "trainer.monitor": one_of(*MONITORS),
     "trainer.mode": one_of("max", "min"),
     "trainer.log_every_n_steps": integer(1),
+    "trainer.devices": integer(1),
+    "trainer.scale_lr": boolean,
+    "trainer.dist_timeout_s": number(0, lo_open=True),
     "trainer.early_stopping.patience": integer(1, null=True, hi=MAX_INT),
     "trainer.early_stopping.monitor": one_of(*TRAIN_OR_VAL),
     "trainer.early_stopping.mode": one_of("max", "min"),
@@ -238,7 +246,21 @@ SCHEMA: dict[str, Rule] = {
     "dataset.download": boolean,
     "dataset.test_fraction": number(0, 1, lo_open=True, hi_open=True),
     "dataset.split_seed": integer(0),
-    "dataset.resize": integer(1, null=True),
+    "dataset.resize": lambda v: None if v is None or integer(1)(v) is None or int_list(1)(v) is None and len(v) == 2
+    else "must be null, a size in pixels (32) or [height, width]",
+    "dataset.normalize": one_of("dataset", "imagenet"),
+    "dataset.epochs": integer(1),
+    "dataset.channels": lambda v: None if v in (1, 3) and not isinstance(v, bool) else "must be 1 (greyscale) or 3 (RGB)",
+    "dataset.num_workers": integer(0),
+    "dataset.n_samples": integer(2),
+    "dataset.num_classes": integer(2),
+    "dataset.noise": number(0),
+    "dataset.factor": number(0, 1, lo_open=True, hi_open=True),
+    "dataset.seed": integer(0),
+    "dataset.augment.crop_padding": integer(0),
+    "dataset.augment.hflip": boolean,
+    "dataset.augment.rotate": number(0, 180),
+    "dataset.augment.translate": number(0, 1, hi_open=True),
     # device
     "device.type": one_of("auto", "cpu", "cuda", "mps"),
     "device.index": integer(0, null=True),
@@ -280,8 +302,10 @@ def check_config(cfg) -> None:
     known = DATASET_SHAPES.get(dataset.get("name"))
     if known:
         shape, num_classes = known
-        if dataset.get("resize"):
-            shape = (shape[0], dataset["resize"], dataset["resize"])
+        num_classes = dataset.get("num_classes", num_classes)
+        resize = dataset.get("resize")
+        if resize and len(shape) == 3:
+            shape = (shape[0], *(resize if isinstance(resize, list) else [resize, resize]))
         check_build(values, shape, num_classes)
 
 

@@ -57,7 +57,7 @@ class PeerLost(DlrunError):
 
 
 # Where this process stands. Read from the environment that torchrun, dlrun's launcher or
-# `adopt_slurm_env` set, so that cheap modules (console, tracking) can ask without a process group.
+# `adopt_submitit_env` set, so that cheap modules (console, tracking) can ask without a process group.
 def rank() -> int:
     return int(os.environ.get("RANK", 0))
 
@@ -78,19 +78,21 @@ def started_as_rank() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def adopt_slurm_env() -> None:
-    """A task of a SLURM job with several tasks (hydra's submitit launcher, tasks_per_node > 1) is one rank."""
-    if started_as_rank() or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+def adopt_submitit_env() -> None:
+    """A task of a submitit job with several tasks (hydra/launcher=slurm, tasks_per_node > 1) is one rank."""
+    if started_as_rank() or os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local"):
         return
-    if int(os.environ.get("SLURM_NTASKS", 1)) > 1:
-        from submitit.helpers import TorchDistributedEnvironment
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
 
+    if JobEnvironment().num_tasks > 1:
+        # Every task sees all of the node's GPUs and takes the one of its local rank.
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def run(cfg, run_in_process):
     """The whole run: in the launching process, start the ranks; in a rank (or a single process), train."""
-    adopt_slurm_env()
+    adopt_submitit_env()
     trainer = cfg.trainer
     devices = trainer.get("devices", 1)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:

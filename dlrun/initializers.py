@@ -77,7 +77,7 @@ def initialize(model: nn.Module, fn: Callable | None, zero_bias: bool) -> list[s
             fn(module.weight)
             if zero_bias and module.bias is not None:
                 nn.init.zeros_(module.bias)
-            applied.append(f"{name} ({type(module).__name__} {tuple(module.weight.shape)})")
+            applied.append(f"{name + ' ' if name else ''}({type(module).__name__} {tuple(module.weight.shape)})")
     return applied
 
 

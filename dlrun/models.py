@@ -259,13 +259,17 @@ class TorchvisionModel(nn.Module):
             self.net = models.get_model(name, weights=None, **extra)
             if self.pretrained:
                 _load_weights_file(self.net, str(weights), name)
-        self.head = _replace_head(self.net, num_classes, name)
+        self.head_path = _replace_head(self.net, num_classes, name)
         self.frozen = bool(freeze_backbone)
         if self.frozen:
             head_params = {id(p) for p in self.head.parameters()}
             for p in self.net.parameters():
                 p.requires_grad_(id(p) in head_params)
         self._check_input_size(c, h, w)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.get_submodule(self.head_path)
 
     def fresh_modules(self) -> nn.Module:
         """Where an initializer may write: the new head only, when the backbone holds loaded weights."""
@@ -299,7 +303,7 @@ class TorchvisionModel(nn.Module):
                 self(torch.zeros(1, c, h, w))
         except Exception as err:  # torchvision raises RuntimeError or AssertionError on sizes it cannot take
             size = f"{self.resize}x{self.resize}" if self.resize else f"{h}x{w}"
-            raise ConfigError("model.resize", self.resize, f"{self.name} cannot take {size} images "
+            raise ConfigError("model.resize", self.resize or "null", f"{self.name} cannot take {size} images "
                               f"({str(err).splitlines()[0]}); set model.resize to a size it takes, e.g. 224") from err
         finally:
             self.train(was_training)
@@ -335,7 +339,7 @@ def _load_weights_file(net: nn.Module, path: str, name: str) -> None:
                           f"({str(err).splitlines()[0].strip()})") from err
 
 
-def _replace_head(net: nn.Module, num_classes: int, name: str) -> nn.Module:
+def _replace_head(net: nn.Module, num_classes: int, name: str) -> str:
     """Swap the last layer with ImageNet's 1000 outputs (a Linear, or squeezenet's 1x1 conv) for a new one."""
     found = None
     for path, module in net.named_modules():
@@ -348,7 +352,7 @@ def _replace_head(net: nn.Module, num_classes: int, name: str) -> nn.Module:
     path, head = found
     parent_path, _, attr = path.rpartition(".")
     setattr(net.get_submodule(parent_path) if parent_path else net, attr, head)
-    return head
+    return path
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

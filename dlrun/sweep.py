@@ -93,7 +93,7 @@ def failure_reason(err: BaseException) -> str:
     if isinstance(err, DlrunError):
         return str(err)
     message, code = describe(err, [])
-    if code == 1:  # an unexpected error: its traceback is in the job's log file, not on a rerun
+    if code == 1:  # an unexpected error: its type and message here, its traceback in the job's log
         text = str(err).strip().splitlines()
         message = f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
     return message
@@ -127,7 +127,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         # Hydra turns a callback's exception into a warning; keep it for check_last_sweep instead.
         try:
-            last_sweep = summarize([sweep_dir], sweep_dir)
+            last_sweep = summarize([sweep_dir], sweep_dir, what="jobs")
         except Exception as err:  # noqa: BLE001
             last_sweep = err
 
@@ -205,7 +205,8 @@ class Run:
     def value(self, key: str) -> str:
         """A config value as text: a group's chosen option, else the key in the saved config."""
         if key in self.choices:
-            return str(self.choices[key])
+            choice = self.choices[key]
+            return "null" if choice is None else str(choice)  # as an override writes it: experiment=null
         node = self.config
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -554,17 +555,18 @@ def curves_figure(summary: Summary):
     return fig
 
 
-def summarize(paths: list[Path], out_dir: Path, title: str | None = None) -> Summary:
+def summarize(paths: list[Path], out_dir: Path, what: str = "runs") -> Summary:
     """The summary over every run in `paths` (run or sweep directories), printed and written to `out_dir`."""
     run_dirs: list[Path] = []
     for path in paths:
         run_dirs += [p for p in find_runs(Path(path)) if p not in run_dirs]
     if not run_dirs:
         raise DlrunError(f"no runs found in {', '.join(map(str, paths))} (a run directory holds metrics.json)")
-    # Within one sweep the swept values tell the rows apart; across sweeps or single runs, so does the path.
-    with_names = len({p.parent for p in run_dirs}) > 1
+    # Within one sweep the swept values name the rows; runs from anywhere else are named by their path too.
+    parents = {p.parent for p in run_dirs}
+    with_names = len(parents) > 1 or not (parents.pop() / "multirun.yaml").is_file()
     summary = build_summary([Run.load(p) for p in run_dirs], Path(out_dir), with_names)
-    title = title or f"{len(run_dirs)} runs in {', '.join(map(str, paths))}, ranked by {summary.monitor}"
+    title = f"{len(run_dirs)} {what} in {', '.join(map(str, paths))}, ranked by {summary.monitor}"
     print_summary(summary, title, with_names)
     write_summary(summary, title, with_names)
     return summary
@@ -578,8 +580,14 @@ def compare_main(args: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="dlrun compare",
         description="One table and one plot over existing runs: run directories, sweep directories, or a mix.",
-        epilog="Example: dlrun compare outputs/sweeps/2024-05-01_10-00-00 outputs/runs/2024-05-01_11-00-00_mlp_digits",
+        epilog="Example:\n  dlrun compare outputs/sweeps/2024-05-01_10-00-00 outputs/runs/2024-05-01_11-00-00_mlp_digits",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+    def usage_error(message: str):
+        raise DlrunError(f"compare: {message} (usage: dlrun compare PATH... [--out DIR])")
+
+    parser.error = usage_error
     parser.add_argument("paths", nargs="+", metavar="PATH", help="a run directory or a sweep directory")
     parser.add_argument("--out", metavar="DIR",
                         help="where summary.csv, summary.md and curves.png go (default: the sweep directory when "

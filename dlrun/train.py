@@ -1,5 +1,6 @@
 """One training run, top to bottom: build from the config, train, keep the best epoch, test it."""
 
+import contextlib
 import logging
 import random
 import time
@@ -15,8 +16,8 @@ from torch import nn
 from dlrun import checkpoint, distributed
 from dlrun.config_checks import check_config
 from dlrun.console import Console
-from dlrun.data import DeviceLoader, load_data
-from dlrun.errors import DeviceError
+from dlrun.data import load_data, make_loaders
+from dlrun.errors import ConfigError, DeviceError
 from dlrun.metrics import classification_metrics, confusion_matrix
 from dlrun.initializers import describe as describe_init, initialize
 from dlrun.models import count_parameters
@@ -26,17 +27,21 @@ from dlrun.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, regime, metrics, on_step):
+def train_one_epoch(model, loader, loss_fn, optimizer, regime, metrics, on_step, amp=None):
+    amp = amp or Precision("32", torch.device("cpu"))
     model.train()
     metrics.reset()
     for x, y in loader:
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        with amp.autocast():
+            logits = model(x)
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        (loss + regime.penalty()).backward()
+        amp.scaler.scale(loss + regime.penalty()).backward()
+        amp.scaler.unscale_(optimizer)  # clipping and the logged norm see the true gradients (fp16 only)
         grad_norm = regime.clip_gradients()
         lr = optimizer.param_groups[0]["lr"]  # the lr this step uses, before a per-step schedule moves it
-        optimizer.step()
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
         regime.after_step()
         metrics.update(logits.detach(), y, loss.detach())
         on_step(loss.detach(), lr, grad_norm)
@@ -44,13 +49,14 @@ def train_one_epoch(model, loader, loss_fn, optimizer, regime, metrics, on_step)
 
 
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, metrics, confusion=None):
+def evaluate(model, loader, loss_fn, metrics, confusion=None, amp=None):
     model.eval()
     metrics.reset()
     if confusion is not None:
         confusion.reset()
     for x, y in loader:
-        logits = model(x)
+        with amp.autocast() if amp else contextlib.nullcontext():
+            logits = model(x).float()  # loss and metrics in fp32, whatever the autocast
         metrics.update(logits, y, loss_fn(logits, y))
         if confusion is not None:
             confusion.update(logits, y)
@@ -77,16 +83,19 @@ def run_in_process(cfg: DictConfig) -> float:
     init_fn = instantiate(cfg.initializer.fn) if cfg.initializer.fn else None
     initialized = initialize(model, init_fn, cfg.initializer.zero_bias)
     model.to(device)
+    amp = Precision(trainer.get("precision", "32"), device)
+    if trainer.get("channels_last", False) and len(data.in_shape) == 3:
+        model.to(memory_format=torch.channels_last)  # make_loaders gives channels-last batches to match
     optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
     distributed.scale_lr(optimizer, trainer.get("scale_lr", False))
     train_model = distributed.wrap(model, device, cfg.seed)  # DDP with several ranks; `model` is for eval and saving
+    if trainer.get("compile", False):
+        train_model = torch.compile(train_model)  # training steps only: `model` stays plain for eval and saving
     train_loss_fn = build_loss(trainer, data.train.y, data.num_classes).to(device)
     loss_fn = nn.CrossEntropyLoss()  # val and test: plain cross-entropy, comparable across runs
 
     shard = distributed.shard()  # each rank its part of every epoch; trainer.batch_size is per rank
-    train_loader = DeviceLoader(data.train, trainer.batch_size, device, data.mean, data.std, shuffle=True, seed=cfg.seed, **shard)
-    val_loader = DeviceLoader(data.val, trainer.eval_batch_size, device, data.mean, data.std, shuffle=False, **shard)
-    test_loader = DeviceLoader(data.test, trainer.eval_batch_size, device, data.mean, data.std, shuffle=False, **shard)
+    train_loader, val_loader, test_loader = make_loaders(data, cfg, device, **shard)
     train_metrics = classification_metrics(data.num_classes).to(device)
     eval_metrics = classification_metrics(data.num_classes).to(device)
     confusion = confusion_matrix(data.num_classes).to(device)
@@ -98,7 +107,7 @@ def run_in_process(cfg: DictConfig) -> float:
     model_name = type(model).__name__
     console.print(
         f"dlrun: {model_name} on {cfg.dataset.name} ({len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test, input {tuple(data.in_shape)}, {data.num_classes} classes) on {device}"
+        f"{len(data.test)} test, input {tuple(data.in_shape)}, {data.num_classes} classes) on {device}, {amp.name}"
     )
     console.print(f"model: {total:,} parameters ({trainable:,} trainable); run dir: {run_dir}")
     log.info("model:\n%s", model)
@@ -114,6 +123,7 @@ def run_in_process(cfg: DictConfig) -> float:
             "model": model_name,
             "dataset": cfg.dataset.name,
             "device": str(device),
+            "precision": amp.name,
             "world_size": distributed.world_size(),
             "seed": cfg.seed,
             "parameters": {"total": total, "trainable": trainable},
@@ -150,9 +160,9 @@ def run_in_process(cfg: DictConfig) -> float:
             for epoch in range(1, trainer.epochs + 1):
                 start = time.time()
                 console.start_epoch(epoch, len(train_loader))
-                train_stats = train_one_epoch(train_model, train_loader, train_loss_fn, optimizer, regime, train_metrics, on_step)
+                train_stats = train_one_epoch(train_model, train_loader, train_loss_fn, optimizer, regime, train_metrics, on_step, amp)
                 flush_steps()
-                val_stats, val_cm = evaluate(model, val_loader, loss_fn, eval_metrics, confusion)
+                val_stats, val_cm = evaluate(model, val_loader, loss_fn, eval_metrics, confusion, amp)
                 row = {"epoch": epoch}
                 row.update({f"train/{k}": v for k, v in to_floats(train_stats).items()})
                 row.update({f"val/{k}": v for k, v in to_floats(val_stats).items()})
@@ -181,7 +191,7 @@ def run_in_process(cfg: DictConfig) -> float:
         if distributed.is_main():  # rank 0 reads best.pt, the other ranks get its weights from it
             model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
         distributed.broadcast_from_main(model)
-        test_stats, test_cm = evaluate(model, test_loader, loss_fn, eval_metrics, confusion)
+        test_stats, test_cm = evaluate(model, test_loader, loss_fn, eval_metrics, confusion, amp)
         test = to_floats(test_stats)
         tracker.log_test(test, test_cm, best_epoch)
         tracker.log_misclassified(model, test_loader, best_epoch)
@@ -206,6 +216,42 @@ def run_in_process(cfg: DictConfig) -> float:
 
 def to_floats(stats: dict) -> dict:
     return {k: round(float(v), 6) for k, v in stats.items()}
+
+
+class Precision:
+    """trainer.precision: 32, bf16, 16 (fp16, CUDA only), or auto: bf16 where the hardware runs it natively.
+
+    bf16 and fp16 autocast the forward pass; fp16 also scales the loss, so that small gradients survive."""
+
+    def __init__(self, value, device: torch.device):
+        choice = str(value)
+        if choice not in ("32", "bf16", "16", "auto"):
+            raise ConfigError("trainer.precision", value, "must be 32, bf16, 16 or auto")
+        if choice == "auto":
+            choice = "bf16" if native_bf16(device) else "32"
+        if choice == "16" and device.type != "cuda":
+            raise ConfigError("trainer.precision", value, f"fp16 needs device=cuda; on {device.type} use bf16 or 32")
+        if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("trainer.precision", value, "this GPU has no bf16; use 16 or 32")
+        self.name = {"32": "fp32", "bf16": "bf16", "16": "fp16"}[choice]
+        self.dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(choice)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=choice == "16")
+
+    def autocast(self):
+        return contextlib.nullcontext() if self.dtype is None else torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":  # AVX512-BF16 or AMX; elsewhere bf16 is emulated and slower than fp32
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+    return False
 
 
 def resolve_device(cfg) -> torch.device:

@@ -1,5 +1,7 @@
 """Shared test helpers. End-to-end tests go through the installed `dlrun` entry point in a subprocess."""
 
+import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -25,3 +27,24 @@ def run_dlrun(*args: str, cwd: Path, env: dict | None = None, timeout: float = 3
 def workdir(tmp_path):
     """An empty working directory for one dlrun invocation; runs land in its outputs/."""
     return tmp_path
+
+
+@functools.lru_cache
+def _composed(*choices: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("dlrun.configs", version_base="1.3"):
+        return compose("train", overrides=list(choices))
+
+
+def compose_config(*overrides: str):
+    """The composed train config, in-process. Composition is slow (~0.2 s), so it runs once per set of
+    group choices (`model=cnn`); dotted keys (`model.dropout=0.5`, YAML values) are set on a copy."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    dotted = [o.split("=", 1) for o in overrides if "." in o.split("=", 1)[0]]
+    cfg = copy.deepcopy(_composed(*[o for o in overrides if "." not in o.split("=", 1)[0]]))
+    for key, value in dotted:
+        OmegaConf.update(cfg, key, yaml.safe_load(value))
+    return cfg

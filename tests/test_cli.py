@@ -1,6 +1,7 @@
 """The `dlrun` command line as a user meets it: help, composed configs, one-line errors, completion."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -115,6 +116,7 @@ def test_completion_goes_through_the_subcommand(workdir):
     assert {f"model={o}" for o in GROUPS["model"]} <= set(options)
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_completion_install_script_completes_in_bash(workdir):
     script = run_dlrun("train", "-sc", "install=bash", cwd=workdir).stdout
     assert "complete" in script

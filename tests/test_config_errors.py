@@ -2,6 +2,7 @@
 for a typo), exit code 2 and no traceback; and it is caught before any work starts."""
 
 import os
+import subprocess
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from conftest import run_dlrun
+from conftest import DLRUN, run_dlrun
 from dlrun.cli_errors import describe
 from dlrun.data import load_data
 from dlrun.config_checks import DATASET_SHAPES, SCHEMA, check_config
@@ -237,8 +238,10 @@ def test_cli_bad_value_stops_before_any_work(workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("debug", ["--verbose", "HYDRA_FULL_ERROR=1"])
 def test_cli_traceback_only_when_asked(workdir, debug):
-    args, env = (["--verbose"], None) if debug == "--verbose" else ([], {"HYDRA_FULL_ERROR": "1"})
-    proc = run_dlrun("train", "trainer.epochs=0", *args, cwd=workdir, env=env, check=False)
+    args, env = (["--verbose"], {}) if debug == "--verbose" else ([], {"HYDRA_FULL_ERROR": "1"})
+    # run_dlrun drops HYDRA_FULL_ERROR from the environment, so call the entry point directly.
+    proc = subprocess.run([DLRUN, "train", "trainer.epochs=0", *args], cwd=workdir, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
     assert "trainer.epochs=0: must be an integer >= 1" in proc.stderr

@@ -24,8 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=5) as response:
+def get_json(url: str, post: dict | None = None):
+    request = urllib.request.Request(url)
+    if post is not None:  # the hparams plugin answers JSON-encoded requests, as the browser sends them
+        request = urllib.request.Request(url, data=json.dumps(post).encode(), method="POST", headers={
+            "Content-Type": "application/json", "X-XSRF-Protected": "1"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
 
@@ -74,3 +78,17 @@ def test_server_lists_runs_and_scalar_tags(server):
         assert expected <= set(tags[run.dir.name]), f"{run.dir.name}: missing {expected - set(tags[run.dir.name])}"
     scalars = get_json(f"{base}/data/plugin/scalars/scalars?run={runs[0].dir.name}&tag=train/loss")
     assert len(scalars) == runs[0].epochs  # [wall_time, step, value] per epoch
+
+
+def test_hparams_tab_compares_the_runs(server):
+    base, runs = server
+    query = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "colParams": [], "startIndex": 0,
+             "sliceSize": 100}
+    groups = {g["name"]: g for g in get_json(f"{base}/data/plugin/hparams/session_groups", post=query)["sessionGroups"]}
+    for run in runs:
+        group = groups[run.dir.name]
+        assert group["hparams"]["model._target_"].endswith(run.dir.name.upper())
+        assert "optimizer.lr" in group["hparams"]
+        values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        test_accuracy = json.loads((run.dir / "metrics.json").read_text())["test"]["accuracy"]
+        assert values["test/accuracy"] == pytest.approx(test_accuracy, abs=1e-5)

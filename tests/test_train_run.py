@@ -24,10 +24,10 @@ from dlrun.data import load_data
 pytestmark = pytest.mark.slow
 
 METRICS = ("loss", "accuracy", "precision", "recall", "f1")
-# Few epochs: enough for the loss to fall and for best and last to be separate files.
+# Few epochs: enough for the loss to fall. On the CPU, where the same seed must give the same numbers.
 RUNS = {
-    "mlp": ["model=mlp", "trainer.epochs=3"],
-    "cnn": ["model=cnn", "model.channels=[8,16]", "trainer.epochs=2"],
+    "mlp": ["model=mlp", "trainer.epochs=3", "device=cpu"],
+    "cnn": ["model=cnn", "model.channels=[8,16]", "trainer.epochs=2", "device=cpu"],
 }
 
 
@@ -43,12 +43,12 @@ _finished: dict[str, FinishedRun] = {}
 
 
 def finished_run(name: str, tmp_path_factory, repeat: int = 0) -> FinishedRun:
-    """Run `dlrun train` once per session for RUNS[name] (the tensorboard server test shares these)."""
+    """Run `dlrun train` with RUNS[name] once per session; the tensorboard server test shares these runs.
+
+    All of them land in one folder, as runs land in outputs/ (`repeat` makes another run of the same config)."""
     key = f"{name}-{repeat}" if repeat else name
     if key not in _finished:
-        if "root" not in _finished:
-            _finished["root"] = tmp_path_factory.mktemp("runs")
-        root = _finished["root"]
+        root = next(iter(_finished.values())).dir.parent if _finished else tmp_path_factory.mktemp("runs")
         run_dir = root / key
         proc = run_dlrun("train", *RUNS[name], f"hydra.run.dir={run_dir}", cwd=root)
         epochs = int(next(a for a in RUNS[name] if a.startswith("trainer.epochs=")).split("=")[1])
@@ -100,9 +100,10 @@ def test_metrics_json(run):
     assert metrics["device"] == "cpu"
     assert metrics["seed"] == OmegaConf.load(run.dir / ".hydra" / "config.yaml").seed
     assert metrics["wall_time_s"] > 0
+    assert metrics["test"]["loss"] > 0
     for m in METRICS:
-        assert 0 <= metrics["test"][m] <= 1 or m == "loss"
         assert f"val/{m}" in metrics["best"]
+        assert m == "loss" or 0 <= metrics["test"][m] <= 1
     history = read_history(run.dir)
     best_epoch = max(history, key=lambda row: float(row["val/f1"]))["epoch"]  # the default monitor
     assert metrics["best"]["epoch"] == int(best_epoch)
@@ -245,3 +246,16 @@ def test_same_seed_twice_on_cpu_gives_identical_metrics(tmp_path_factory):
         return [{k: v for k, v in row.items() if k != "time_s"} for row in history]
 
     assert without_timing(read_history(again.dir)) == without_timing(read_history(first.dir))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_and_its_checkpoint_load_on_cpu(tmp_path):
+    run_dir = tmp_path / "cuda"
+    run_dlrun("train", "model=cnn", "device=cuda", "device.index=0", "trainer.epochs=1",
+              f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "completed" and metrics["device"].startswith("cuda")
+    state = checkpoint.load(run_dir / "best.pt", map_location="cpu")
+    assert all(t.device.type == "cpu" for t in state["model"].values())
+    classes, cm = read_confusion(run_dir)
+    assert np.trace(cm) / cm.sum() == pytest.approx(metrics["test"]["accuracy"], abs=1e-5)

@@ -1,0 +1,415 @@
+"""Sweeps as a user runs them: `dlrun train -m` over a grid, a failing job, a resumed sweep, the joblib,
+submitit and optuna plugins, and `dlrun compare`. Every job trains one epoch of a 16-unit MLP on digits."""
+
+import csv
+import json
+import os
+import re
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf, open_dict
+
+from conftest import run_dlrun
+from test_train_run import finished_run
+from dlrun import sweep
+
+# A user's own experiment bundle (`--config-dir`): `experiment` is left out of job directory names,
+# so a job's directory is named by the swept values alone.
+FAST = """\
+# @package _global_
+trainer: {epochs: 1}
+model: {hidden_sizes: [16]}
+logging: {confusion_matrix_every: 0, misclassified: 0, graph: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("configs")
+    (root / "experiment").mkdir()
+    (root / "experiment" / "fast.yaml").write_text(FAST)
+    return root
+
+
+def dlrun_sweep(configs: Path, cwd: Path, sweep_dir: Path, *overrides: str, check: bool = True):
+    return run_dlrun("train", "-m", "--config-dir", str(configs), "experiment=fast", *overrides,
+                     f"hydra.sweep.dir={sweep_dir}", cwd=cwd, check=check)
+
+
+def job_dirs(sweep_dir: Path) -> dict[str, Path]:
+    return {p.name: p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def summary_rows(out_dir: Path) -> list[dict]:
+    with open(out_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def table_lines(stdout: str, title_start: str) -> list[str]:
+    """The plain summary table printed at the end: header and one line per row."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith(title_start))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("summary: "))
+    return [line for line in lines[start + 1:end] if not line.startswith(("not finished", "optuna best"))]
+
+
+def assert_png(path: Path):
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 600, image.shape
+    assert image[..., :3].std() > 0.05, "the plot is blank"
+
+
+# ----------------------------------------------------------------------------------------------------
+# A 2x2 grid
+
+
+@pytest.fixture(scope="module")
+def grid(configs, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("grid")
+    sweep_dir = cwd / "outputs" / "sweeps" / "grid"
+    proc = dlrun_sweep(configs, cwd, sweep_dir, "optimizer.momentum=0,0.5", "model.dropout=0,0.2")
+    return sweep_dir, proc
+
+
+GRID_JOBS = {f"model.dropout={d},optimizer.momentum={m}" for d in ("0", "0.2") for m in ("0", "0.5")}
+
+
+@pytest.mark.slow
+def test_grid_runs_one_job_per_combination_named_by_its_values(grid):
+    sweep_dir, _ = grid
+    jobs = job_dirs(sweep_dir)
+    assert set(jobs) == GRID_JOBS
+    for name, job in jobs.items():
+        assert metrics(job)["status"] == "completed", name
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        values = dict(item.split("=") for item in name.split(","))
+        assert config["model"]["dropout"] == float(values["model.dropout"])
+        assert config["optimizer"]["momentum"] == float(values["optimizer.momentum"])
+
+
+@pytest.mark.slow
+def test_grid_summary_table_files_and_plot(grid):
+    sweep_dir, proc = grid
+    jobs = job_dirs(sweep_dir)
+    objective = {name: metrics(job)["best"]["val/f1"] for name, job in jobs.items()}
+
+    rows = summary_rows(sweep_dir)
+    assert len(rows) == 4
+    assert [float(r["best_val/f1"]) for r in rows] == sorted(objective.values(), reverse=True)
+    for row in rows:
+        job = jobs[Path(row["path"]).name]
+        m = metrics(job)
+        assert float(row["best_val/f1"]) == pytest.approx(m["best"]["val/f1"], abs=1e-6)
+        assert float(row["test/accuracy"]) == pytest.approx(m["test"]["accuracy"], abs=1e-6)
+        assert float(row["test/f1"]) == pytest.approx(m["test"]["f1"], abs=1e-6)
+        values = dict(item.split("=") for item in Path(row["path"]).name.split(","))
+        assert float(row["optimizer.momentum"]) == float(values["optimizer.momentum"])
+        assert float(row["model.dropout"]) == float(values["model.dropout"])
+        assert row["status"] == "completed"
+
+    # The console table: swept values, objective, epoch, test metrics, epochs, time, status; best marked.
+    header, *body = table_lines(proc.stdout, "4 jobs in")
+    for column in ("optimizer.momentum", "model.dropout", "best val/f1", "epoch", "test acc", "test f1",
+                   "epochs", "time", "status"):
+        assert column in header
+    assert len(body) == 4
+    assert body[0].startswith("*") and not any(line.startswith("*") for line in body[1:])
+    best = rows[0]
+    assert f"{float(best['best_val/f1']):.4f}" in body[0] and f"{float(best['test/accuracy']):.4f}" in body[0]
+
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert markdown.count("| completed |") == 4 and "| * |" in markdown
+    assert_png(sweep_dir / "curves.png")
+
+
+@pytest.mark.slow
+def test_tensorboard_overlays_the_jobs_and_lists_them_with_hparams(grid):
+    """What `tensorboard --logdir <sweep dir>` shows, read with TensorBoard's own hparams plugin."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    sweep_dir, _ = grid
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(sweep_dir))
+    multiplexer.Reload()
+    assert set(multiplexer.Runs()) == GRID_JOBS
+    for run in GRID_JOBS:
+        assert "val/accuracy" in multiplexer.GetAccumulator(run).Tags()["tensors"]  # scalars, as TensorBoard stores them
+
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(sweep_dir))
+    hparams = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(sweep_dir),
+                                                           multiplexer=multiplexer))
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=100,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE,
+                          api_pb2.STATUS_RUNNING])
+    groups = list_session_groups.Handler(context.RequestContext(), hparams, "", request).run().session_groups
+    assert {g.name for g in groups} == GRID_JOBS
+    for group in groups:
+        m = metrics(sweep_dir / group.name)
+        values = dict(item.split("=") for item in group.name.split(","))
+        assert group.hparams["optimizer.momentum"].number_value == float(values["optimizer.momentum"])
+        assert group.hparams["model.dropout"].number_value == float(values["model.dropout"])
+        final = {mv.name.tag: mv.value for mv in group.metric_values}
+        assert final["test/accuracy"] == pytest.approx(m["test"]["accuracy"], abs=1e-5)
+        assert final["val/f1"] == pytest.approx(m["best"]["val/f1"], abs=1e-5)  # one epoch: last is best
+
+
+# ----------------------------------------------------------------------------------------------------
+# Robust sweeps: a failing job, then the same sweep again
+
+
+@pytest.fixture(scope="module")
+def failed_sweep(configs, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("failing")
+    sweep_dir = cwd / "S"
+    proc = dlrun_sweep(configs, cwd, sweep_dir, "model.dropout=0,0.2,1.5", check=False)
+    return cwd, sweep_dir, proc
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_others(failed_sweep):
+    _, sweep_dir, proc = failed_sweep
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("dlrun: error: 1 of 3 jobs did not finish (model.dropout=1.5)")
+
+    jobs = job_dirs(sweep_dir)
+    assert metrics(jobs["model.dropout=0"])["status"] == "completed"
+    assert metrics(jobs["model.dropout=0.2"])["status"] == "completed"
+    failed = metrics(jobs["model.dropout=1.5"])
+    assert failed["status"] == "failed" and failed["error"].startswith("model.dropout=1.5: must be")
+
+    rows = {r["model.dropout"]: r for r in summary_rows(sweep_dir)}
+    assert rows["1.5"]["status"] == "failed" and rows["1.5"]["error"] == failed["error"]
+    assert list(rows)[-1] == "1.5", "the failed job sorts last"
+    failed_line = next(line for line in table_lines(proc.stdout, "3 jobs in") if line.split()[0] == "1.5")
+    assert failed_line.endswith(f"failed: {failed['error']}")
+
+
+@pytest.mark.slow
+def test_rerunning_a_sweep_skips_finished_jobs_and_reruns_the_rest(configs, failed_sweep, tmp_path):
+    _, original, _ = failed_sweep
+    sweep_dir = tmp_path / "S"
+    shutil.copytree(original, sweep_dir)
+    jobs = job_dirs(sweep_dir)
+    done_events = sorted(p.name for p in jobs["model.dropout=0"].glob("events.out.tfevents.*"))
+    done_mtime = (jobs["model.dropout=0"] / "metrics.json").stat().st_mtime_ns
+    # A job killed mid-run (kill -9, a lost node) leaves status "running" behind.
+    killed = metrics(jobs["model.dropout=0.2"])
+    killed["status"] = "running"
+    (jobs["model.dropout=0.2"] / "metrics.json").write_text(json.dumps(killed))
+    old_events = sorted(p.name for p in jobs["model.dropout=0.2"].glob("events.out.tfevents.*"))
+
+    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "model.dropout=0,0.2,1.5", check=False)
+    assert proc.returncode == 1
+    assert "model.dropout=0: skipped, already completed" in proc.stdout
+    assert "model.dropout=0.2: rerunning (previous attempt: running)" in proc.stdout
+    assert "model.dropout=1.5: rerunning (previous attempt: failed)" in proc.stdout
+    assert sorted(p.name for p in jobs["model.dropout=0"].glob("events.out.tfevents.*")) == done_events
+    assert (jobs["model.dropout=0"] / "metrics.json").stat().st_mtime_ns == done_mtime
+    new_events = sorted(p.name for p in jobs["model.dropout=0.2"].glob("events.out.tfevents.*"))
+    assert len(new_events) == 1 and new_events != old_events, "one attempt's curves per run in TensorBoard"
+    assert metrics(jobs["model.dropout=0.2"])["status"] == "completed"
+    assert metrics(jobs["model.dropout=1.5"])["status"] == "failed"
+    assert len(summary_rows(sweep_dir)) == 3
+
+
+# ----------------------------------------------------------------------------------------------------
+# Beyond one process
+
+
+@pytest.mark.slow
+def test_joblib_runs_two_jobs_in_parallel_and_seeds_are_grouped(configs, tmp_path):
+    sweep_dir = tmp_path / "S"
+    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout
+    jobs = job_dirs(sweep_dir)
+    assert set(jobs) == {"seed=1", "seed=2"}
+    # The event file's name ends with the writer's process id: two worker processes, neither this one.
+    pids = {re.search(r"\.(\d+)\.\d+$", next(j.glob("events.out.tfevents.*")).name).group(1) for j in jobs.values()}
+    assert len(pids) == 2
+
+    values = [metrics(j)["best"]["val/f1"] for j in jobs.values()]
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    header, row = table_lines(proc.stdout, "2 jobs in")
+    assert "seeds" in header and "seed " not in header
+    assert f"{mean:.4f} ± {std:.4f}" in row and "2 completed" in row
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert "mean ± std over seeds" in markdown and f"{mean:.4f} ± {std:.4f}" in markdown
+
+
+@pytest.mark.slow
+def test_submitit_local_executor(configs, tmp_path):
+    sweep_dir = tmp_path / "S"
+    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hydra/launcher=submitit_local", "model.dropout=0,0.2")
+    assert "Submitit 'local'" in proc.stdout
+    assert set(job_dirs(sweep_dir)) == {"model.dropout=0", "model.dropout=0.2"}
+    assert all(metrics(j)["status"] == "completed" for j in job_dirs(sweep_dir).values())
+    assert len(list((sweep_dir / ".submitit").glob("*/*_log.out"))) == 2, "one submitit job per sweep job"
+    assert len(summary_rows(sweep_dir)) == 2
+
+
+@pytest.mark.slow
+def test_optuna_search_returns_objectives_and_stores_the_best(configs, tmp_path):
+    import optuna
+
+    sweep_dir = tmp_path / "S"
+    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 3
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    searched = {"optimizer.lr", "optimizer.momentum", "model.dropout", "trainer.batch_size"}
+    assert set(results["best_params"]) == searched
+    objectives = [metrics(j)["best"]["val/f1"] for j in jobs.values()]
+    assert results["best_value"] == pytest.approx(max(objectives))
+
+    best = summary_rows(sweep_dir)[0]
+    for key, value in results["best_params"].items():
+        assert float(best[key]) == pytest.approx(float(value))
+    assert "optuna best parameters: " in proc.stdout
+    assert "Optuna's best parameters" in (sweep_dir / "summary.md").read_text()
+
+    # The study is in SQLite in the sweep directory, each trial told the value `dlrun train` returned.
+    study = optuna.load_study(study_name="dlrun", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(objectives))
+
+
+# ----------------------------------------------------------------------------------------------------
+# dlrun compare
+
+
+@pytest.mark.slow
+def test_compare_two_single_runs_and_a_sweep(grid, tmp_path_factory, tmp_path):
+    # The session's single runs of test_train_run: an MLP and a CNN, trained separately.
+    mlp, cnn = (finished_run(name, tmp_path_factory).dir for name in ("mlp", "cnn"))
+    proc = run_dlrun("compare", str(mlp), str(cnn), "--out", "cmp", cwd=tmp_path)
+    rows = {r["model"]: r for r in summary_rows(tmp_path / "cmp")}
+    assert set(rows) == {"mlp", "cnn"}
+    for run_dir in (mlp, cnn):
+        row = rows[run_dir.name]
+        assert row["path"].endswith(run_dir.name) and row["status"] == "completed"
+        assert float(row["test/accuracy"]) == pytest.approx(metrics(run_dir)["test"]["accuracy"], abs=1e-6)
+        assert float(row["epochs"]) == metrics(run_dir)["epochs_completed"]
+    header, *body = table_lines(proc.stdout, "2 runs in")
+    assert header.split()[:2] == ["run", "model"] and len(body) == 2
+    best = max(rows.values(), key=lambda r: float(r["best_val/f1"]))
+    assert body[0].startswith("*") and best["model"] in body[0]
+    assert_png(tmp_path / "cmp" / "curves.png")
+
+    # Single runs and a sweep's jobs in one table.
+    sweep_dir, _ = grid
+    run_dlrun("compare", str(mlp), str(cnn), str(sweep_dir), "--out", "mixed", cwd=tmp_path)
+    rows = summary_rows(tmp_path / "mixed")
+    assert len(rows) == 6
+    assert {"model", "optimizer.momentum", "model.dropout"} <= set(rows[0])
+    assert sorted(float(r["best_val/f1"]) for r in rows) == sorted(
+        metrics(Path(tmp_path / "mixed" / r["path"]))["best"]["val/f1"] for r in rows)
+
+
+@pytest.mark.slow
+def test_compare_errors_are_one_line(tmp_path):
+    proc = run_dlrun("compare", "no/such/dir", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "dlrun: error: no/such/dir: no such directory (give a run or sweep directory)"
+    (tmp_path / "empty").mkdir()
+    proc = run_dlrun("compare", "empty", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "empty: no runs in it" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configs, without training
+
+
+def compose_with_hydra(*overrides: str):
+    with initialize_config_module("dlrun.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+COURSE = {
+    "activation": {"model.activation": "sigmoid,tanh,relu", "model.hidden_sizes": "[100],[50,50]"},
+    "dropout": {"model.dropout": "0,0.1,0.2,0.3,0.4,0.5"},
+    "initializer": {"initializer": "default,uniform,xavier_uniform,kaiming_uniform", "model.activation": "tanh,relu"},
+    "momentum": {"optimizer.momentum": "0,0.1,0.2,0.4,0.5"},
+    "momentum_mnist": {"optimizer.momentum": "0,0.1,0.2,0.4,0.5"},
+    "batchnorm": {"model.batch_norm": "false,true"},
+    "width": {"model.hidden_sizes": "[5],[10],[50],[100],[200],[500]"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(COURSE))
+def test_course_experiments_are_whole_sweeps(name):
+    cfg = compose_with_hydra(f"experiment={name}")
+    assert cfg.hydra.mode.name == "MULTIRUN", "`dlrun train experiment=NAME` runs the whole sweep"
+    assert dict(cfg.hydra.sweeper.params) == COURSE[name]
+    assert cfg.hydra.sweep.dir.endswith(f"_{name}")
+    expected_dataset = "spiral" if name == "momentum" else "mnist"
+    assert cfg.dataset.name == expected_dataset
+    for key in COURSE[name]:  # every swept key exists in the composed config (or is a group)
+        assert key in cfg.hydra.runtime.choices or OmegaConf.select(cfg, key, default="missing") != "missing"
+
+
+def test_slurm_launcher_config():
+    launcher = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
+    assert launcher.submitit_folder.endswith("/.submitit/%j")
+
+
+def test_optuna_search_config():
+    cfg = compose_with_hydra("hparams_search=optuna", "trainer.mode=min")
+    sweeper = cfg.hydra.sweeper
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.momentum", "model.dropout", "trainer.batch_size"}
+    assert sweeper.direction == "minimize", "the search follows trainer.mode"
+    assert sweeper.storage.startswith("sqlite:///") and sweeper.storage.endswith("/optuna.db")
+
+
+def test_a_job_without_overrides_gets_its_own_directory():
+    cfg = compose_with_hydra("device=cpu")  # device is left out of directory names
+    with open_dict(cfg):
+        cfg.hydra.job.num = 3
+    assert cfg.hydra.job.override_dirname == ""
+    assert OmegaConf.select(cfg, "hydra.sweep.subdir") == "job3"
+    cfg = compose_with_hydra("optimizer.lr=0.5", "device=cpu")
+    with open_dict(cfg):
+        cfg.hydra.job.num = 0
+    assert OmegaConf.select(cfg, "hydra.sweep.subdir") == "optimizer.lr=0.5"
+
+
+def write_run(path: Path, seed: int, width: int, status: str, value: float | None):
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.hidden_sizes=[{width}]", f"seed={seed}"]))
+    config = {"seed": seed, "model": {"hidden_sizes": [width]}, "trainer": {"monitor": "val/f1", "mode": "max"}}
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    m = {"status": status, "monitor": "val/f1", "epochs_completed": 2, "wall_time_s": 1.0}
+    if value is not None:
+        m.update(best={"epoch": 2, "val/f1": value}, test={"accuracy": value, "f1": value})
+    (path / "metrics.json").write_text(json.dumps(m))
+
+
+def test_seed_groups_show_mean_and_std_over_finished_seeds(tmp_path, capsys):
+    runs = [(1, 8, "completed", 0.5), (2, 8, "completed", 0.7), (3, 8, "failed", None),
+            (1, 32, "completed", 0.9), (2, 32, "completed", 0.9)]
+    for seed, width, status, value in runs:
+        write_run(tmp_path / f"model.hidden_sizes=[{width}],seed={seed}", seed, width, status, value)
+    summary = sweep.summarize([tmp_path], tmp_path)
+    assert [g.name for g in summary.groups] == ["model.hidden_sizes=[32]", "model.hidden_sizes=[8]"]
+    narrow = summary.groups[1]
+    assert narrow.status == "2 completed, 1 failed"
+    out = capsys.readouterr().out
+    assert f"0.6000 ± {statistics.stdev([0.5, 0.7]):.4f}" in out
+    assert "0.9000 ± 0.0000" in out
+    assert "model.hidden_sizes=[8],seed=3: failed" in out
+    assert len(summary_rows(tmp_path)) == 5
