@@ -4,6 +4,7 @@ last.pt also holds what `dlrun train resume=PATH` needs to continue as if never 
 the scheduler, early stopping, the history and every random generator's state."""
 
 import io
+import json
 import random
 from pathlib import Path
 
@@ -113,3 +114,56 @@ def resume_args(args: list[str], cwd: Path) -> list[str]:
             merged[key] = override
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return [*merged.values(), f"resume={quoted}", f"hydra.run.dir={quoted}"]
+
+
+# ---- what last.pt adds so that a resumed run goes on exactly as an uninterrupted one ----
+
+def training_state(step: int, history: list[dict], best: dict, schedule, stopper, generators, wall_time_s: float) -> dict:
+    return {
+        "step": step,
+        "history": [dict(row) for row in history],
+        "best": dict(best),
+        "scheduler": schedule.state_dict(),
+        "early_stopping": stopper.state_dict(),
+        "rng": rng_state(*generators),
+        "wall_time_s": wall_time_s,
+    }
+
+
+def load_for_resume(cfg, run_dir: Path) -> dict | None:
+    """last.pt of the run that `resume=` names, which must be this run's directory; None for a fresh run."""
+    if not cfg.get("resume"):
+        return None
+    if Path(cfg.resume).resolve() != Path(run_dir).resolve():
+        raise ConfigError("resume", cfg.resume, f"continues a run in its own directory, not in {run_dir}; "
+                          "use `dlrun train resume=PATH`, which chooses the directory")
+    state = load(Path(run_dir) / "last.pt")
+    if "step" not in state:
+        raise DlrunError(f"{run_dir / 'last.pt'}: written by an older dlrun without the state to resume from")
+    return state
+
+
+def already_completed(state: dict, run_dir: Path, epochs: int) -> bool:
+    """True when the run finished (tested and all) and `epochs` asks for no more training."""
+    try:
+        status = json.loads((Path(run_dir) / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    return status == "completed" and (state["epoch"] >= epochs or bool(state.get("stopped")))
+
+
+def restore(state: dict, model, optimizer, schedule, stopper, generators, streams: bool = True) -> None:
+    """Put a run back where last.pt left it. `streams=False` (several ranks, each with its own random
+    streams) restores the data order only."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise DlrunError(f"last.pt does not fit the model and optimizer of this config: "
+                         f"{str(err).strip().splitlines()[0]}") from err
+    schedule.load_state_dict(state["scheduler"])
+    stopper.load_state_dict(state["early_stopping"])
+    if streams:
+        restore_rng(state["rng"], *generators)
+    else:
+        generators[0].set_state(state["rng"]["generators"][0])

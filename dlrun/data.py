@@ -399,8 +399,9 @@ def _spiral(n: int, k: int, noise: float, rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _xor(n: int, noise: float, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Points around the four corners (+-1, +-1); the class is 1 where the two signs differ."""
-    corners = rng.integers(0, 2, size=(n, 2)) * 2 - 1
+    """Points around the four corners (+-1, +-1), as many at each; the class is 1 where the two signs differ."""
+    corner = rng.permutation(np.arange(n) % 4)
+    corners = np.stack([corner // 2, corner % 2], 1) * 2 - 1
     x = corners + rng.normal(size=(n, 2)) * noise
     return x, (corners[:, 0] != corners[:, 1]).astype(np.int64)
 

@@ -182,7 +182,11 @@ def check_device(cfg, device: torch.device, n: int) -> None:
 
 def describe_failure(failures: dict, run_dir: Path, job_name: str = "train") -> tuple[str, int]:
     """One line naming the rank(s) that failed on their own, and the exit code to pass on."""
-    own = {r: f for r, f in failures.items() if f.exitcode not in (-signal.SIGTERM, PEER_LOST_EXIT)} or failures
+
+    def collateral(f) -> bool:  # stopped by the launcher, or stopped because another rank was gone
+        return f.exitcode in (-signal.SIGTERM, PEER_LOST_EXIT) or bool(f.error_file_data.get("peer_lost"))
+
+    own = {r: f for r, f in failures.items() if not collateral(f)} or failures
     parts = []
     for r, f in sorted(own.items()):
         if f.exitcode < 0:
@@ -293,7 +297,7 @@ def rank_context():
         if world_size() > 1 and _is_peer_loss(err):
             err = PeerLost(f"stopped: lost contact with another rank ({_short(str(err))}); "
                            "the launcher names the rank that failed")
-            _record_error(str(err))
+            _record_error(str(err), peer_lost=True)
             raise err from None
         _record_error(str(err) if isinstance(err, DlrunError) else f"{type(err).__name__}: {_first_line(str(err))}")
         raise
@@ -418,12 +422,13 @@ def _is_peer_loss(err: BaseException) -> bool:
         s in text for s in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Broken pipe"))
 
 
-def _record_error(message: str) -> None:
+def _record_error(message: str, peer_lost: bool = False) -> None:
     """Tell the launcher why this rank failed, in the error file torchelastic reads back."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path and world_size() > 1:
+        data = {"message": message, "timestamp": int(time.time()), "dlrun": True, "peer_lost": peer_lost}
         with contextlib.suppress(OSError):
-            Path(path).write_text(json.dumps({"message": message, "timestamp": int(time.time()), "dlrun": True}))
+            Path(path).write_text(json.dumps(data))
 
 
 def _short(text: str) -> str:

@@ -108,6 +108,7 @@ def find_checkpoint(path: Path) -> tuple[Path, Path]:
 
 def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = None, device: str = "auto",
                         batch_size: int | None = None, dataset_overrides: list[str] = (), trust: bool = False) -> dict:
+    import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from torch import nn
@@ -116,7 +117,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = N
     from dlrun.console import Console
     from dlrun.data import load_data, make_loaders
     from dlrun.metrics import classification_metrics, confusion_matrix
-    from dlrun.train import evaluate, resolve_device, to_floats
+    from dlrun.train import Precision, evaluate, resolve_device, to_floats
 
     ckpt_path, run_dir = find_checkpoint(path)
     state = checkpoint.load(ckpt_path)  # weights_only=True: a tampered file is refused before anything runs
@@ -152,11 +153,15 @@ def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = N
         raise DlrunError(f"{ckpt_path}: its weights do not fit the model its config describes "
                          f"({str(err).splitlines()[0]})") from err
     model.to(dev)
+    amp = Precision(cfg.trainer.get("precision", "32"), dev)  # as the run evaluated: same numbers
+    if cfg.trainer.get("channels_last", False) and len(in_shape) == 3:
+        model.to(memory_format=torch.channels_last)
     cfg.trainer.batch_size = cfg.trainer.eval_batch_size
     _, val_loader, test_loader = make_loaders(data, cfg, dev)
     metrics = classification_metrics(len(classes)).to(dev)
     confusion = confusion_matrix(len(classes)).to(dev)
-    stats, cm = evaluate(model, val_loader if split == "val" else test_loader, nn.CrossEntropyLoss(), metrics, confusion)
+    stats, cm = evaluate(model, val_loader if split == "val" else test_loader, nn.CrossEntropyLoss(), metrics,
+                         confusion, amp)
 
     out = run_dir / "eval" / f"{cfg.dataset.name}-{split}-{ckpt_path.stem}"
     out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +172,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = N
         "split": split,
         "samples": int(cm.sum()),
         "device": str(dev),
+        "precision": amp.name,
         split: to_floats(stats),
     }
     report.write_json(out / "metrics.json", result)

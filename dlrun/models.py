@@ -38,8 +38,8 @@ def _flat_size(in_shape: Sequence[int]) -> int:
 
 def _image_shape(in_shape: Sequence[int], model: str) -> tuple[int, int, int]:
     if len(in_shape) != 3:
-        raise ConfigError("model", model, f"needs images (C, H, W), but the dataset's inputs have shape {tuple(in_shape)}; "
-                          "use model=mlp or model=logistic")
+        raise ConfigError("model", model, "needs images (C, H, W), but the dataset's inputs have shape "
+                          f"{tuple(in_shape)}; use model=mlp or model=logistic")
     return tuple(int(d) for d in in_shape)
 
 
@@ -150,7 +150,7 @@ class CNN(nn.Module):
             blocks.append(nn.Sequential(*block))
             c_in = c_out
         self.features = nn.Sequential(*blocks)
-        n_flat = self._dry_run(in_shape)
+        n_flat = self._dry_run(in_shape, [int(c) for c in channels])
         head: list[nn.Module] = [nn.Flatten()]
         if head_hidden:
             head += [nn.Linear(n_flat, head_hidden), make_activation(per["activation"][-1])]
@@ -160,28 +160,22 @@ class CNN(nn.Module):
         head.append(nn.Linear(n_flat, num_classes))
         self.head = nn.Sequential(*head)
 
-    def _dry_run(self, in_shape) -> int:
-        """The flatten size for this image shape, or one line on which block shrinks the map to nothing."""
+    def _dry_run(self, in_shape, channels: list[int]) -> int:
+        """The flatten size for this image shape, or one line naming the block that shrinks the map to nothing."""
         x = torch.zeros(1, *in_shape)
-        with torch.no_grad():
-            for i, block in enumerate(self.features):
-                block.eval()  # batch norm cannot train on one sample
-                try:
-                    x = block(x)
-                except RuntimeError as err:
-                    x = None
-                    reason = str(err).splitlines()[0]
-                if x is None or x.numel() == 0:
-                    raise ConfigError(
-                        "model.channels", list(int(c.out_channels) for c in self.convs()),
-                        f"the feature map of a {in_shape[1]}x{in_shape[2]} input shrinks to nothing in block {i + 1}"
-                        f"{f' ({reason})' if x is None else ''}; use fewer blocks, stride 1, padding or model.pooling=none",
-                    )
-                block.train()
+        for i, block in enumerate(self.features, start=1):
+            reason = ""
+            try:
+                with torch.no_grad():
+                    x = block.eval()(x)  # eval: batch norm cannot train on one sample
+            except RuntimeError as err:
+                reason = f" ({str(err).splitlines()[0]})"
+            block.train()
+            if reason or x.numel() == 0:
+                raise ConfigError("model.channels", channels, f"the feature map of a {in_shape[1]}x{in_shape[2]} input "
+                                  f"shrinks to nothing in block {i}{reason}; use fewer blocks, stride 1, padding "
+                                  "or model.pooling=none")
         return x.flatten(1).shape[1]
-
-    def convs(self):
-        return [m for m in self.features.modules() if isinstance(m, nn.Conv2d)]
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -248,17 +242,17 @@ class TorchvisionModel(nn.Module):
             from dlrun.cli import did_you_mean
 
             raise ConfigError("model.name", name, f"must be a torchvision classification model{did_you_mean(name, known)}"
-                              f" (e.g. resnet18, resnet34, mobilenet_v3_small, efficientnet_b0)")
-        self.name, self.weights, self.resize, self.grey = name, str(weights).lower(), resize, c == 1
-        self.pretrained = self.weights not in ("none", "null")
+                              " (e.g. resnet18, resnet34, mobilenet_v3_small, efficientnet_b0)")
+        self.name, self.weights, self.resize, self.grey = name, str(weights), resize, c == 1
+        self.pretrained = self.weights.lower() not in ("none", "null")
         # googlenet and inception_v3 return auxiliary logits in training unless told not to.
         extra = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
-        if self.weights == "default":
+        if self.weights.lower() == "default":
             self.net = models.get_model(name, weights=_default_weights(name), **extra)
         else:
             self.net = models.get_model(name, weights=None, **extra)
             if self.pretrained:
-                _load_weights_file(self.net, str(weights), name)
+                _load_weights_file(self.net, self.weights, name)
         self.head_path = _replace_head(self.net, num_classes, name)
         self.frozen = bool(freeze_backbone)
         if self.frozen:

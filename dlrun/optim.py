@@ -65,7 +65,8 @@ class Schedule:
             raise DlrunError(f"scheduler={cfg.fn._target_}: {str(err).splitlines()[0]}") from err
         if isinstance(self.scheduler, ReduceLROnPlateau):
             if self.interval != "epoch":
-                raise ConfigError("scheduler.interval", self.interval, "must be epoch for plateau, which reads a val metric")
+                raise ConfigError("scheduler.interval", self.interval,
+                                  "must be epoch for plateau, which reads a val metric")
             _check_monitor("scheduler.monitor", self.monitor)
 
     def after_step(self) -> None:
@@ -149,7 +150,8 @@ class EarlyStopping:
     """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs (null: never)."""
 
     def __init__(self, cfg):
-        self.monitor, self.mode, self.patience, self.min_delta = cfg.monitor, cfg.mode, cfg.patience, float(cfg.min_delta)
+        self.monitor, self.mode, self.patience = cfg.monitor, cfg.mode, cfg.patience
+        self.min_delta = float(cfg.min_delta)
         _check_monitor("trainer.early_stopping.monitor", self.monitor, splits=("train", "val"))
         _check(self.mode in ("max", "min"), "trainer.early_stopping.mode", self.mode, "must be max or min")
         _check(self.patience is None or self.patience >= 1, "trainer.early_stopping.patience", self.patience,

@@ -1,5 +1,6 @@
 """Files and figures a person reads without TensorBoard: CSVs, the confusion matrix and curves."""
 
+import contextlib
 import csv
 import io
 import json
@@ -17,11 +18,18 @@ def atomic_write(path: Path, write) -> None:
     """Write through a temporary file and rename it over `path`: a crash leaves the old or the new file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
+        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
+            raise OSError(err.errno, err.strerror, str(path)) from err  # name the file the user knows
+        raise
 
 
 def write_text(path: Path, text: str) -> None:

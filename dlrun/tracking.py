@@ -1,5 +1,6 @@
 """Where a run's numbers go: TensorBoard event files, history.csv and metrics.json in the run directory."""
 
+import csv
 import logging
 import time
 import warnings
@@ -34,16 +35,22 @@ def flatten(node, prefix: str = "") -> dict:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg, classes: list[str], info: dict):
+    def __init__(self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None):
+        """`resume`: last.pt's state when continuing a run (its history, step and wall time so far)."""
         self.run_dir = Path(run_dir)
         self.classes = classes
-        self.history: list[dict] = []
-        self.start = time.time()
+        self.history: list[dict] = list(resume["history"]) if resume else []
+        self.start = time.time() - (resume["wall_time_s"] if resume else 0)
         self.metrics = {"status": "running", **info}
         # In a multi-process run only rank 0 writes; the others keep the same history in memory.
         self.writes = distributed.is_main()
-        self.writer = SummaryWriter(log_dir=str(self.run_dir)) if self.writes else _NullWriter()
+        # Resuming, TensorBoard drops what the old event files hold after last.pt's step (the
+        # interrupted epoch's steps), so that the curves continue with no step twice.
+        purge = {"purge_step": resume["step"] + 1} if resume else {}
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), **purge) if self.writes else _NullWriter()
         self.cfg = cfg
+        if resume:
+            self._relog_missing_epochs()
         self.writer.add_custom_scalars(
             {
                 "Learning curves (train vs val)": {
@@ -57,11 +64,11 @@ class Tracker:
             params = flatten({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "logging"})
             exp, ssi, sei = hparams(params, {m: 0.0 for m in HPARAM_METRICS})
             self._session_end = sei
-            for summary in (exp, ssi):
+            for summary in (exp, ssi) if not resume else ():  # the first session wrote them
                 self.writer.file_writer.add_summary(summary)
         self.save_metrics()
 
-    def log_steps(self, first_step: int, losses: list[float], lrs: list[float], grad_norms: list[float] | None = None) -> None:
+    def log_steps(self, first_step: int, losses: list[float], lrs: list[float], grad_norms: list[float] | None = None):
         for i, (loss, lr) in enumerate(zip(losses, lrs)):
             self.writer.add_scalar("train/loss_step", loss, first_step + i)
             self.writer.add_scalar("train/lr", lr, first_step + i)
@@ -106,9 +113,10 @@ class Tracker:
             if x.dim() != 4:  # not images
                 return
             pred = model(x).argmax(1)
-            wrong = (pred != y).nonzero().flatten()[: wanted - len(images)].cpu()
+            wrong = (pred != y).nonzero().flatten()[: wanted - len(images)]
             images += list(_unit_range(x[wrong].float()).cpu().numpy())
-            titles += [f"true {self.classes[t]}\npred {self.classes[p]}" for t, p in zip(y[wrong].tolist(), pred[wrong].tolist())]
+            pairs = zip(y[wrong].tolist(), pred[wrong].tolist())
+            titles += [f"true {self.classes[t]}\npred {self.classes[p]}" for t, p in pairs]
             if len(images) >= wanted:
                 break
         if images:
@@ -151,9 +159,29 @@ class Tracker:
         if self.writes:
             report.write_json(self.run_dir / "metrics.json", self.metrics)
 
+    def _relog_missing_epochs(self) -> None:
+        """A run killed between writing last.pt and logging that epoch: log the epoch now, from last.pt."""
+        logged = set()
+        try:
+            with open(self.run_dir / "history.csv", newline="") as f:
+                logged = {int(float(row["epoch"])) for row in csv.DictReader(f)}
+        except (OSError, ValueError, KeyError):
+            pass
+        missing = [row for row in self.history if row["epoch"] not in logged]
+        for row in missing:
+            for key, value in row.items():
+                if "/" in key:
+                    self.writer.add_scalar(key, value, row["epoch"])
+        if self.history and self.writes:  # history.csv from last.pt: no row past it, none missing
+            header = list(self.history[-1])
+            report.write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
+
     def close(self, status: str) -> None:
         if self.history and self.writes:
-            report.save_figure(report.curves_figure(self.history), self.run_dir / "curves.png")
+            try:
+                report.save_figure(report.curves_figure(self.history), self.run_dir / "curves.png")
+            except OSError as err:  # a full disk: the run's own error says so; the old figure stays
+                log.warning("curves.png not written: %s", err)
         if status == "completed" and self.cfg.logging.hparams:
             self.writer.file_writer.add_summary(self._session_end)
         self.writer.close()

@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dlrun import checkpoint, distributed
+from dlrun import checkpoint, distributed, faults
 from dlrun.config_checks import check_config
 from dlrun.console import Console
 from dlrun.data import load_data, make_loaders
@@ -102,6 +104,16 @@ def run_in_process(cfg: DictConfig) -> float:
     schedule = Schedule(cfg.scheduler, optimizer, trainer.epochs, len(train_loader))
     regime = Regime(trainer, model, schedule, cfg.logging.grad_norm)
     stopper = EarlyStopping(trainer.early_stopping)
+    generators = [g for g in (getattr(train_loader, "generator", None), getattr(train_loader, "augment_generator", None))
+                  if g is not None]
+    resumed = checkpoint.load_for_resume(cfg, run_dir)  # None for a fresh run
+    if resumed:
+        if checkpoint.already_completed(resumed, run_dir, trainer.epochs):
+            console.print(f"{run_dir}: already completed {resumed['epoch']} epochs; nothing to do "
+                          f"(pass trainer.epochs=N to train longer)")
+            return resumed["best"]["value"]
+        # Several ranks keep their own dropout and augmentation streams: restore only the data order there.
+        checkpoint.restore(resumed, model, optimizer, schedule, stopper, generators, streams=distributed.world_size() == 1)
 
     total, trainable = count_parameters(model)
     model_name = type(model).__name__
@@ -128,17 +140,33 @@ def run_in_process(cfg: DictConfig) -> float:
             "seed": cfg.seed,
             "parameters": {"total": total, "trainable": trainable},
             "monitor": trainer.monitor,
+            **({"resumed_from": {"epoch": resumed["epoch"], "step": resumed["step"]}} if resumed else {}),
         },
+        resume=resumed,
     )
-    tracker.log_graph(model, torch.zeros(1, *data.in_shape, device=device))
+    if not resumed:
+        tracker.log_graph(model, torch.zeros(1, *data.in_shape, device=device))
     sign = 1 if trainer.mode == "max" else -1
     best_value, best_epoch = -float("inf") * sign, 0
-    step = 0
+    step, epoch, start_epoch, stopped = 0, 0, 1, False
+    if resumed:
+        best_value, best_epoch = resumed["best"]["value"], resumed["best"]["epoch"]
+        step, start_epoch, stopped = resumed["step"], resumed["epoch"] + 1, resumed.get("stopped", False)
+        console.print(f"resuming from epoch {resumed['epoch']} (step {step}) of {run_dir}")
+    last_finite = None  # the last finite training loss and its step, for a divergence report
+
+    def save_last(epoch: int, history: list[dict], stop: bool) -> None:
+        """last.pt: everything a resumed run needs to go on exactly as this one would."""
+        state = checkpoint.training_state(step, history, {"value": best_value, "epoch": best_epoch}, schedule,
+                                          stopper, generators, time.time() - tracker.start)
+        checkpoint.save(run_dir / "last.pt", model, optimizer, epoch, cfg, data, stopped=stop, **state)
     pending: list[tuple] = []  # (loss, lr, grad norm) per step, read from the device every log_every_n_steps
 
     def on_step(loss, lr, grad_norm):
         nonlocal step
         step += 1
+        if signals is not None:
+            signals.check(step, epoch)  # Ctrl-C or SIGTERM: stop here, at a step boundary
         pending.append((loss, lr, grad_norm))
         info = None
         if len(pending) >= trainer.log_every_n_steps:
@@ -148,16 +176,28 @@ def run_in_process(cfg: DictConfig) -> float:
     def flush_steps():
         if not pending:
             return None
+        nonlocal last_finite
         losses = distributed.mean_over_ranks(torch.stack([p[0] for p in pending]).float()).cpu().tolist()
         norms = torch.stack([p[2] for p in pending]).float().cpu().tolist() if pending[0][2] is not None else None
-        tracker.log_steps(step - len(losses) + 1, losses, [p[1] for p in pending], norms)
+        first = step - len(losses) + 1
+        # Curves up to the first loss that is not finite, then the run stops there: the loop reads
+        # losses every log_every_n_steps, not at every step, but the step it names is exact.
+        n = next((i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
+        tracker.log_steps(first, losses[:n], [p[1] for p in pending][:n], norms[:n] if norms else None)
         pending.clear()
+        last_finite = faults.check_finite(losses, first, epoch, last_finite)
         return f"loss {losses[-1]:.4f}"
 
-    status = "failed"
+    if not resumed:
+        save_last(0, [], False)  # the starting point, so that a run stopped in its first epoch can resume
+    # Several ranks would stop at different steps and wait on each other: there, signals stop at once.
+    signals = faults.StopSignals() if distributed.world_size() == 1 else None
+    status, diverged, saved_epoch = "failed", None, start_epoch - 1
     try:
-        with console.training(trainer.epochs):
-            for epoch in range(1, trainer.epochs + 1):
+        with console.training(trainer.epochs), signals or contextlib.nullcontext():
+            for epoch in range(start_epoch, trainer.epochs + 1):
+                if stopped:
+                    break
                 start = time.time()
                 console.start_epoch(epoch, len(train_loader))
                 train_stats = train_one_epoch(train_model, train_loader, train_loss_fn, optimizer, regime, train_metrics, on_step, amp)
@@ -169,19 +209,28 @@ def run_in_process(cfg: DictConfig) -> float:
                 row["lr"] = optimizer.param_groups[0]["lr"]
                 row["time_s"] = round(time.time() - start, 3)
 
+                if not math.isfinite(row["val/loss"]):
+                    raise faults.Diverged(step, epoch, row["val/loss"], last_finite, what="val loss")
+
                 value = row[trainer.monitor]
                 improved = sign * value > sign * best_value
+                stop = stopper.update(row)
+                schedule.after_epoch(row)
                 if improved:
                     best_value, best_epoch = value, epoch
                     checkpoint.save(run_dir / "best.pt", model, optimizer, epoch, cfg, data)
-                checkpoint.save(run_dir / "last.pt", model, optimizer, epoch, cfg, data)
+                # last.pt is the commit point of the epoch: its steps' curves are on disk before it, and
+                # a resume re-logs from it whatever of the epoch a crash kept from reaching the files below.
+                tracker.writer.flush()
+                save_last(epoch, [*tracker.history, row], stop)
+                saved_epoch = epoch
                 tracker.log_epoch(row, val_cm)
                 tracker.log_model(model, epoch)
-                stop = stopper.update(row)
                 tracker.save_metrics(epochs_completed=epoch, best={"epoch": best_epoch, trainer.monitor: best_value},
                                      early_stopping=stopper.summary())
                 console.epoch_row(row, trainer.epochs, improved)
-                schedule.after_epoch(row)
+                if signals is not None:
+                    signals.check(step, epoch)
                 if stop:
                     console.print(f"early stopping: {stopper.monitor} has not improved by more than "
                                   f"{stopper.min_delta} for {stopper.patience} epochs (best epoch {stopper.best_epoch})")
@@ -199,11 +248,34 @@ def run_in_process(cfg: DictConfig) -> float:
         best = {"epoch": best_epoch, **{k: v for k, v in best_row.items() if k.startswith("val/")}}
         tracker.save_metrics(best=best)
         status = "completed"
-    except KeyboardInterrupt:
+    except faults.Diverged as err:
+        status, diverged = "diverged", err
+        tracker.save_metrics(diverged={**err.details, "last_epoch": tracker.history[-1] if tracker.history else None})
+    except faults.Interrupted as err:
+        status = "interrupted"
+        with contextlib.suppress(Exception):
+            flush_steps()  # the curves up to the interrupt (a resume replaces those past last.pt)
+        tracker.save_metrics(interrupted={"signal": err.signal, "step": err.step, "epoch": err.epoch,
+                                          "last_pt_epoch": saved_epoch})
+        raise err.with_resume_hint(run_dir, saved_epoch) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         status = "interrupted"
         raise
+    except torch.cuda.OutOfMemoryError as err:
+        raise faults.out_of_memory(err, trainer.batch_size, trainer.eval_batch_size, device) from err
     finally:
-        tracker.close(status)
+        try:
+            tracker.close(status)
+        except OSError:
+            if status == "completed":
+                raise
+            log.warning("could not finish the run's files", exc_info=True)  # the run's own error matters more
+
+    if diverged is not None:
+        console.print(f"run saved in {run_dir} (diverged at step {diverged.details['step']})")
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return best_value if best_epoch else math.nan  # a sweep goes on; its summary shows the status
+        raise diverged
 
     console.summary(
         f"best epoch {best_epoch} by {trainer.monitor}",

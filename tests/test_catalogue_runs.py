@@ -161,8 +161,9 @@ def test_early_stopping_stops_a_run_when_the_metric_stalls(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_catalogue_run_through_the_entry_point_logs_its_model_and_initializer(tmp_path):
     proc = run_dlrun("train", "model=cnn", "model.channels=[8,16]", "initializer=kaiming_normal", "optimizer=adamw",
-                     "scheduler=cosine", "scheduler.fn.warmup_epochs=0.2", "trainer.epochs=1", "trainer.grad_clip.max_norm=1", "trainer.l1=1e-5",
-                     "trainer.label_smoothing=0.1", "trainer.class_weights=balanced", "device=cpu", cwd=tmp_path)
+                     "optimizer.lr=0.01", "scheduler=cosine", "scheduler.fn.warmup_epochs=0.2", "trainer.epochs=1",
+                     "trainer.grad_clip.max_norm=1", "trainer.l1=1e-5", "trainer.label_smoothing=0.1",
+                     "trainer.class_weights=balanced", "device=cpu", cwd=tmp_path)
     assert "input (1, 8, 8)" in proc.stdout
     run_dir = next((tmp_path / "outputs" / "runs").iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())

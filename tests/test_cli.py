@@ -29,7 +29,7 @@ def assert_one_line_error(proc, *expected: str, code: int = 2):
 def test_help_lists_commands_groups_and_options(workdir):
     out = run_dlrun("--help", cwd=workdir).stdout
     for command in SUBCOMMANDS:
-        assert command in out
+        assert f"  {command} " in out, f"subcommand {command} not in help"
     for group, options in GROUPS.items():
         group_line = next((line for line in out.splitlines() if line.strip().startswith(group)), None)
         assert group_line is not None, f"group {group} not in help"

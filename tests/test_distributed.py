@@ -29,14 +29,15 @@ from dlrun import checkpoint, distributed
 from dlrun.data import DeviceLoader, Split, load_data
 from dlrun.errors import ConfigError
 
-COMMON = ["model=mlp", "trainer.epochs=2", "logging.misclassified=0", "logging.graph=false",
+# fp32: the comparison is about DDP, not about bf16 rounding (precision=auto picks bf16 on some CPUs).
+COMMON = ["model=mlp", "trainer.epochs=2", "trainer.precision=32", "logging.misclassified=0", "logging.graph=false",
           "logging.confusion_matrix_every=0", "seed=7"]
 # `python -m dlrun`, as torchrun -m runs it, with rank 1 starting late, as on a slower node:
 # the ranks' Hydra clocks then differ and only the shared clock keeps them in one directory.
 LATE_RANK_1 = """
 import os, runpy, time
 if os.environ.get("RANK") == "1":
-    time.sleep(2.5)
+    time.sleep(1.5)
 runpy.run_module("dlrun", run_name="__main__", alter_sys=True)
 """
 
@@ -135,6 +136,14 @@ def test_bad_distributed_settings_name_the_key(key, value):
         distributed.run(cfg, lambda cfg: pytest.fail("must not train"))
 
 
+@pytest.mark.parametrize("world,enabled,lr", [(2, True, 0.2), (2, False, 0.1), (1, True, 0.1)])
+def test_scale_lr_multiplies_by_the_world_size(monkeypatch, world, enabled, lr):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    distributed.scale_lr(optimizer, enabled)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+
+
 # ---------------------------------------------------------------- 2 processes, gloo on CPU
 
 
@@ -189,6 +198,10 @@ def test_checkpoint_of_two_processes_loads_in_one(ddp_run):
         correct = sum((model(x).argmax(1) == y).sum().item() for x, y in loader)
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     assert correct / len(data.test) == pytest.approx(test["accuracy"], abs=1e-6)
+    # and `dlrun eval`, which rebuilds the model from the checkpoint alone, in one process
+    run_dlrun("eval", str(run_dir), "device=cpu", cwd=run_dir.parent, timeout=120)
+    evaluated = json.loads((run_dir / "eval" / "digits-test-best" / "metrics.json").read_text())
+    assert evaluated["test"] == pytest.approx(test, abs=1e-5)
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ def test_eval_on_the_val_split_matches_the_best_epochs_val_metrics(run_dir):
 @pytest.mark.slow
 def test_eval_of_a_tampered_run_is_one_line_and_runs_nothing(run_dir, tmp_path):
     tampered = tmp_path / "tampered"
-    shutil.copytree(run_dir, tampered)
+    shutil.copytree(run_dir, tampered, ignore=shutil.ignore_patterns("eval"))
     marker = tmp_path / "code-ran"
     torch.save({"format": checkpoint.FORMAT, "model": RunsCode(marker)}, tampered / "best.pt")
     proc = run_dlrun("eval", str(tampered), cwd=tmp_path, check=False)
@@ -140,7 +140,7 @@ def test_eval_of_a_tampered_run_is_one_line_and_runs_nothing(run_dir, tmp_path):
 
 def with_model_target(run_dir, dest, target: str):
     """A copy of the run whose saved config names another model class."""
-    shutil.copytree(run_dir, dest)
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("eval"))
     state = checkpoint.load(dest / "best.pt")
     state["config"] = state["config"].replace("_target_: dlrun.models.MLP", f"_target_: {target}")
     torch.save(state, dest / "best.pt")
