@@ -105,8 +105,11 @@ def resume_args(args: list[str], cwd: Path) -> list[str]:
     """`dlrun train resume=X [KEY=VALUE...]` -> the run's own overrides, then the new ones, into its directory."""
     spec = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
     run_dir = find_run(spec, cwd)
-    saved_file = run_dir / ".hydra" / "overrides.yaml"
-    saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
+    # last.pt's copy of the overrides: written atomically, unlike Hydra's .hydra/overrides.yaml
+    saved = load(run_dir / "last.pt").get("overrides")
+    if saved is None:
+        saved_file = run_dir / ".hydra" / "overrides.yaml"
+        saved = yaml.safe_load(saved_file.read_text()) if saved_file.is_file() else []
     merged = {}
     for override in [*(saved or []), *(a for a in args if not a.startswith("resume="))]:
         key = override.split("=", 1)[0].lstrip("+~")

@@ -131,7 +131,7 @@ def launch(cfg) -> float:
         "-m", "dlrun", "train",
         *_config_source_args(sys.argv[1:], hc.runtime.cwd),
         *[o for o in hc.overrides.hydra if _override_key(o).startswith(INHERITED_HYDRA_KEYS)],
-        *hc.overrides.task,
+        *[_rank_override(o, cfg) for o in hc.overrides.task],
         f"hydra.run.dir={_quote(str(run_dir))}",
         "hydra.output_subdir=null",  # this process has written .hydra/ already
     ]
@@ -223,6 +223,15 @@ def _read_json(path: Path) -> dict:
 
 def _override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
+
+
+def _rank_override(override: str, cfg) -> str:
+    """The launcher's override as its ranks should get it."""
+    if _override_key(override) == "resume" and cfg.get("resume"):
+        # This process has already turned resume=latest into the run's directory (cli.py);
+        # `++resume=` keeps the ranks' cli from resolving it a second time.
+        return f"++resume={_quote(str(cfg.resume))}"
+    return override
 
 
 def _config_source_args(argv: list[str], cwd: str) -> list[str]:

@@ -1,5 +1,7 @@
 """Classification metrics with torchmetrics, accumulated on the training device and read once per epoch."""
 
+import warnings
+
 import torch
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -9,6 +11,9 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+
+# A NaN loss stops the run as diverged, with its step (dlrun.faults); torchmetrics' warning would only repeat it.
+warnings.filterwarnings("ignore", message="Encountered `nan` values in tensor")
 
 
 class ClassificationMetrics(torch.nn.Module):

@@ -400,7 +400,8 @@ def _fmt_time(values: list[float]) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def table_cells(summary: Summary, rows: list[Row], grouped: bool, with_names: bool) -> tuple[list[str], list[list[str]]]:
+def table_cells(summary: Summary, rows: list[Row], grouped: bool, with_names: bool):
+    """The header and the rows of text of a summary table (console, markdown)."""
     axes = [a for a in summary.axes if not (grouped and a == SEED_AXIS)]
     header = ["", *(["run"] if with_names else []), *axes, *(["seeds"] if grouped else []),
               f"best {summary.monitor}", "epoch", "test acc", "test f1", "epochs", "time", "status"]
@@ -430,14 +431,15 @@ def print_summary(summary: Summary, title: str, with_names: bool) -> None:
     grouped = summary.groups is not None
     header, body = table_cells(summary, summary.ranked, grouped, with_names and not grouped)
     if console.tty:
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
+        table = Table(title=escape(title), title_justify="left")
         numeric = {"seeds", f"best {summary.monitor}", "epoch", "test acc", "test f1", "epochs", "time"}
         for name in header:
-            table.add_column(name, justify="right" if name in numeric else "left")
-        for cells in body:
-            table.add_row(*cells, style="bold green" if cells[0] == "*" else None)
+            table.add_column(escape(name), justify="right" if name in numeric else "left")
+        for cells in body:  # values such as [50,50] are text, not rich markup
+            table.add_row(*map(escape, cells), style="bold green" if cells[0] == "*" else None)
         console.rich.print(table)
     else:
         print(title)
@@ -580,7 +582,7 @@ def compare_main(args: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="dlrun compare",
         description="One table and one plot over existing runs: run directories, sweep directories, or a mix.",
-        epilog="Example:\n  dlrun compare outputs/sweeps/2024-05-01_10-00-00 outputs/runs/2024-05-01_11-00-00_mlp_digits",
+        epilog="Example:\n  dlrun compare outputs/sweeps/2024-05-01_10-00-00 outputs/runs/2024-05-01_11-00-00_mlp_mnist",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 

@@ -159,19 +159,20 @@ def run_in_process(cfg: DictConfig) -> float:
         """last.pt: everything a resumed run needs to go on exactly as this one would."""
         state = checkpoint.training_state(step, history, {"value": best_value, "epoch": best_epoch}, schedule,
                                           stopper, generators, time.time() - tracker.start)
-        checkpoint.save(run_dir / "last.pt", model, optimizer, epoch, cfg, data, stopped=stop, **state)
+        checkpoint.save(run_dir / "last.pt", model, optimizer, epoch, cfg, data, stopped=stop,
+                        overrides=list(HydraConfig.get().overrides.task), **state)
     pending: list[tuple] = []  # (loss, lr, grad norm) per step, read from the device every log_every_n_steps
 
     def on_step(loss, lr, grad_norm):
         nonlocal step
         step += 1
-        if signals is not None:
-            signals.check(step, epoch)  # Ctrl-C or SIGTERM: stop here, at a step boundary
         pending.append((loss, lr, grad_norm))
         info = None
         if len(pending) >= trainer.log_every_n_steps:
             info = flush_steps()
         console.step(info)
+        if signals is not None:
+            signals.check(step, epoch)  # Ctrl-C or SIGTERM: stop here, at a step boundary
 
     def flush_steps():
         if not pending:

@@ -48,3 +48,16 @@ def compose_config(*overrides: str):
     for key, value in dotted:
         OmegaConf.update(cfg, key, yaml.safe_load(value))
     return cfg
+
+
+# A short completed run, shared by the fault tests (the uninterrupted run that a resumed one must
+# equal) and the safe-loading tests (the run `dlrun eval` evaluates again). Tests must not change it.
+REFERENCE_ARGS = ("trainer.epochs=4", "model.hidden_sizes=[400]", "trainer.precision=32", "trainer.log_every_n_steps=5",
+                  "logging.graph=false", "logging.confusion_matrix_every=0", "logging.misclassified=0")
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("reference")
+    run_dlrun("train", *REFERENCE_ARGS, "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"

@@ -220,23 +220,42 @@ def test_torchrun_ranks_share_one_run_directory(tmp_path):
     assert (run_dir / "train.rank1.log").is_file()
 
 
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_job_within_seconds(tmp_path):
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """The 2-process run with rank 1 killed at its 5th step; what it left, read before anything resumes it."""
+    workdir = tmp_path_factory.mktemp("killed")
     start = time.time()
-    proc = run_dlrun("train", "trainer.devices=2", "device=cpu", "trainer.batch_size=32", *COMMON, cwd=tmp_path,
+    proc = run_dlrun("train", "trainer.devices=2", "device=cpu", "trainer.batch_size=32", *COMMON, cwd=workdir,
                      env={distributed.KILL_ENV: "1:5"}, check=False, timeout=120)
     ended = time.time()
+    run_dir = only_run_dir(workdir)
+    status = json.loads((run_dir / "metrics.json").read_text())["status"]
+    return proc, run_dir, start, ended, status, (run_dir / "train.rank1.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_within_seconds(killed_run):
+    proc, run_dir, start, ended, status, rank1_log = killed_run
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert re.match(r"dlrun: error: rank 1 was killed by SIGKILL \(pid \d+\); the other ranks were stopped", last)
     assert "Traceback" not in proc.stderr
-    run_dir = only_run_dir(tmp_path)
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    assert status == "failed"
     # From the kill (logged by rank 1 just before) to the launcher's exit: seconds, not a hang.
-    stamp = re.search(r"^\[([\d\- :,]+)\]\[WARNING\] " + distributed.KILL_ENV,
-                      (run_dir / "train.rank1.log").read_text(), re.M).group(1)
+    stamp = re.search(r"^\[([\d\- :,]+)\]\[WARNING\] " + distributed.KILL_ENV, rank1_log, re.M).group(1)
     killed = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     assert start < killed < ended and ended - killed < 15
+
+
+@pytest.mark.slow
+def test_resume_after_a_rank_died_continues_as_if_never_stopped(killed_run, ddp_run):
+    _, run_dir, *_ = killed_run
+    proc = run_dlrun("train", f"resume={run_dir}", cwd=run_dir.parent.parent.parent, timeout=240)
+    assert "launching 2 processes" in proc.stdout and "resuming from epoch 0" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["world_size"] == 2
+    # The same 2-process run that was never interrupted: same data order, same weights, same numbers.
+    assert_same_metrics(run_dir, ddp_run[1], tol=1e-4)
 
 
 # ---------------------------------------------------------------- 2 GPUs, nccl

@@ -97,11 +97,6 @@ def test_plateau_cuts_the_lr_when_the_monitored_metric_stalls():
         lr_per_step("plateau", "scheduler.interval=step")
 
 
-def test_a_bad_interval_is_one_line():
-    with pytest.raises(ConfigError, match="scheduler.interval=batch: must be step or epoch"):
-        lr_per_step("step", "scheduler.interval=batch")
-
-
 @pytest.mark.parametrize(("option", "expected"), [
     ("sgd", {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 1e-4}),
     ("adam", {"betas": (0.8, 0.99), "weight_decay": 1e-4}),
@@ -161,13 +156,6 @@ def test_clipping_by_value_clamps_each_element():
     assert regime_for(model_with_gradients(), grad_norm=False).clip_gradients() is None
 
 
-def test_clipping_options_are_checked():
-    with pytest.raises(ConfigError, match="set max_norm or max_value, not both"):
-        regime_for(nn.Linear(2, 2), "trainer.grad_clip.max_norm=1", "trainer.grad_clip.max_value=1")
-    with pytest.raises(ConfigError, match="trainer.grad_clip.max_norm=0: must be null"):
-        regime_for(nn.Linear(2, 2), "trainer.grad_clip.max_norm=0")
-
-
 def test_l1_penalty_pulls_weights_towards_zero_by_lr_times_strength():
     torch.manual_seed(0)
     model = nn.Linear(10, 3)
@@ -192,9 +180,9 @@ def test_label_smoothing_and_class_weights_shape_the_loss():
     given = build_loss(compose_config("trainer.class_weights=[1,2,3]").trainer, target, 3)
     assert given(logits, target).item() == pytest.approx(
         F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 3.0])).item())
-    for bad in ("[1,2]", "balance"):
-        with pytest.raises(ConfigError, match="trainer.class_weights=.*must be null, balanced, or a list of 3 weights"):
-            build_loss(compose_config(f"trainer.class_weights={bad}").trainer, target, 3)
+    # The config check knows the shipped datasets' class counts; the loss checks against the data itself.
+    with pytest.raises(ConfigError, match=r"trainer.class_weights=\[1, 2\]: must have 3 weights, one per class"):
+        build_loss(compose_config("trainer.class_weights=[1,2]").trainer, target, 3)
 
 
 def stopper(*overrides: str) -> EarlyStopping:
@@ -225,10 +213,3 @@ def test_early_stopping_minimises_a_loss_and_never_stops_without_patience():
     assert stop_epoch(early, [1.0, 0.8, 0.7, 0.75], key="train/loss") == 4
     never = stopper()
     assert not never.enabled and stop_epoch(never, [0.5] * 20) is None
-
-
-def test_early_stopping_options_are_checked():
-    with pytest.raises(ConfigError, match="trainer.early_stopping.monitor=val/acc: must be one of train/loss"):
-        stopper("trainer.early_stopping.monitor=val/acc")
-    with pytest.raises(ConfigError, match="trainer.early_stopping.patience=0: must be null"):
-        stopper("trainer.early_stopping.patience=0")

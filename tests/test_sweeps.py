@@ -3,7 +3,6 @@ submitit and optuna plugins, and `dlrun compare`. Every job trains one epoch of 
 
 import csv
 import json
-import os
 import re
 import shutil
 import statistics
@@ -147,7 +146,8 @@ def test_tensorboard_overlays_the_jobs_and_lists_them_with_hparams(grid):
     multiplexer.Reload()
     assert set(multiplexer.Runs()) == GRID_JOBS
     for run in GRID_JOBS:
-        assert "val/accuracy" in multiplexer.GetAccumulator(run).Tags()["tensors"]  # scalars, as TensorBoard stores them
+        # TensorBoard keeps scalars as tensors
+        assert "val/accuracy" in multiplexer.GetAccumulator(run).Tags()["tensors"]
 
     provider = data_provider.MultiplexerDataProvider(multiplexer, str(sweep_dir))
     hparams = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(sweep_dir),
@@ -185,7 +185,8 @@ def test_a_failing_job_does_not_stop_the_others(failed_sweep):
     _, sweep_dir, proc = failed_sweep
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("dlrun: error: 1 of 3 jobs did not finish (model.dropout=1.5)")
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("dlrun: error: 1 of 3 jobs did not finish (model.dropout=1.5)")
 
     jobs = job_dirs(sweep_dir)
     assert metrics(jobs["model.dropout=0"])["status"] == "completed"
@@ -264,6 +265,7 @@ def test_submitit_local_executor(configs, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2.x on SQLAlchemy 1.4
 def test_optuna_search_returns_objectives_and_stores_the_best(configs, tmp_path):
     import optuna
 
@@ -323,7 +325,8 @@ def test_compare_two_single_runs_and_a_sweep(grid, tmp_path_factory, tmp_path):
 @pytest.mark.slow
 def test_compare_errors_are_one_line(tmp_path):
     proc = run_dlrun("compare", "no/such/dir", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and proc.stderr.strip() == "dlrun: error: no/such/dir: no such directory (give a run or sweep directory)"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "dlrun: error: no/such/dir: no such directory (give a run or sweep directory)"
     (tmp_path / "empty").mkdir()
     proc = run_dlrun("compare", "empty", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "empty: no runs in it" in proc.stderr and "Traceback" not in proc.stderr

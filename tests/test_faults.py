@@ -1,0 +1,227 @@
+"""Faults during a run: a NaN loss, Ctrl-C and SIGTERM, kill -9 at random moments, a full disk, CUDA out
+of memory. No run is lost: each stops with a clear line and a status, and `resume=` continues it to
+exactly what an uninterrupted run with the same seed gives (on CPU)."""
+
+import csv
+import json
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import DLRUN, REFERENCE_ARGS, run_dlrun
+from dlrun import checkpoint
+
+pytestmark = pytest.mark.slow
+STEPS_PER_EPOCH = 21  # ceil(1294 training digits / batch 64)
+
+
+def start(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([DLRUN, *args], cwd=cwd, env={**env, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+    threading.Timer(300, proc.kill).start()  # never hang the suite
+    return proc
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str) -> bool:
+    """Read the run's output until a line starts with `prefix`; False when the run ended first."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return True
+    return False
+
+
+def wait_for_file(proc: subprocess.Popen, path: Path) -> None:
+    while not path.exists() and proc.poll() is None:
+        time.sleep(0.01)
+
+
+def read_metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def read_history(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(f)]
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def assert_artefacts_readable(run: Path) -> None:
+    """Whatever moment a kill came at, every file is an old or a new version, never a broken one."""
+    assert read_metrics(run)["status"] in ("running", "completed", "interrupted", "failed")
+    if (run / "history.csv").exists():
+        read_history(run)
+    for name in ("last.pt", "best.pt"):
+        if (run / name).exists():
+            checkpoint.load(run / name)
+
+
+def assert_same_as(run: Path, reference: Path) -> None:
+    """The numbers a user sees: history, test metrics and every TensorBoard curve, step for step."""
+    assert read_history(run) == read_history(reference)
+    got, want = read_metrics(run), read_metrics(reference)
+    assert got["status"] == "completed"
+    assert got["test"] == want["test"]
+    assert got["best"] == want["best"]
+    got_curves, want_curves = scalars(run), scalars(reference)
+    assert sorted(got_curves) == sorted(want_curves)
+    for tag, points in got_curves.items():
+        steps = [s for s, _ in points]
+        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice"
+        assert steps == [s for s, _ in want_curves[tag]], tag
+        assert [v for _, v in points] == pytest.approx([v for _, v in want_curves[tag]], rel=1e-6), tag
+
+
+def test_sigterm_saves_the_run_and_resume_equals_an_uninterrupted_run(reference_run, tmp_path):
+    proc = start("train", *REFERENCE_ARGS, "hydra.run.dir=run", cwd=tmp_path)
+    assert wait_for_line(proc, "epoch 1/4")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    run = tmp_path / "run"
+
+    assert proc.returncode == 143, err
+    (line,) = err.strip().splitlines()
+    match = re.fullmatch(r"dlrun: error: interrupted by SIGTERM at step (\d+) \(epoch (\d+)\); last\.pt holds epoch "
+                         rf"(\d+): continue with `dlrun train resume={re.escape(str(run))}`", line)
+    assert match, line
+    step, last_epoch = int(match[1]), int(match[3])
+    metrics = read_metrics(run)
+    assert metrics["status"] == "interrupted"
+    assert metrics["interrupted"] == {"signal": "SIGTERM", "step": step, "epoch": int(match[2]), "last_pt_epoch": last_epoch}
+    assert checkpoint.load(run / "last.pt")["epoch"] == last_epoch >= 1
+    # The event files were flushed: the step curve reaches the step the run stopped at.
+    assert scalars(run)["train/loss_step"][-1][0] == step
+
+    run_dlrun("train", "resume=run", cwd=tmp_path)
+    assert_same_as(run, reference_run)
+    assert read_metrics(run)["resumed_from"]["epoch"] == last_epoch
+
+
+def test_ctrl_c_exits_130_with_the_state_kept(tmp_path):
+    proc = start("train", *REFERENCE_ARGS, "hydra.run.dir=run", cwd=tmp_path)
+    assert wait_for_line(proc, "epoch 1/4")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.startswith("dlrun: error: interrupted by SIGINT at step ")
+    assert "Traceback" not in err
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "interrupted"
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == metrics["interrupted"]["last_pt_epoch"]
+
+
+def test_kill_9_at_random_moments_then_resume(reference_run, tmp_path):
+    rng = random.Random()
+    delays = [round(rng.uniform(0, 2.5), 2), round(rng.uniform(0, 2.5), 2)]
+    run = tmp_path / "outputs" / "runs" / "killed"
+    proc = start("train", *REFERENCE_ARGS, f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for_file(proc, run / "last.pt")  # from here on there is something to resume
+    time.sleep(delays[0])
+    proc.kill()
+    proc.communicate()
+    assert_artefacts_readable(run)
+
+    proc = start("train", "resume=latest", cwd=tmp_path)  # a resumed run killed in turn
+    if wait_for_line(proc, "resuming from"):
+        time.sleep(delays[1])
+    proc.kill()
+    proc.communicate()
+    assert_artefacts_readable(run)
+
+    done = run_dlrun("train", "resume=latest", cwd=tmp_path)
+    assert "resuming from" in done.stdout or "already completed" in done.stdout, f"kills after {delays} s"
+    assert_same_as(run, reference_run)
+
+
+def test_a_nan_loss_stops_the_run_at_that_step(tmp_path):
+    # The lr grows a thousandfold each epoch; losses are read only once an epoch (log_every_n_steps=1000),
+    # yet the step reported is the first one whose loss is not finite.
+    args = [a for a in REFERENCE_ARGS if not a.startswith(("trainer.epochs", "trainer.log_every"))]
+    proc = run_dlrun("train", *args, "trainer.epochs=8", "trainer.log_every_n_steps=1000", "scheduler=exponential",
+                     "scheduler.fn.gamma=1000", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    run = tmp_path / "run"
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    match = re.match(r"dlrun: error: diverged: train loss is (nan|inf) at step (\d+) \(epoch (\d+)\); "
+                     r"last finite train loss \S+ at step (\d+)\.", line)
+    assert match, line
+    step, epoch = int(match[2]), int(match[3])
+    assert int(match[4]) == step - 1
+    assert step != epoch * STEPS_PER_EPOCH, "the step where losses were read, not where the loss went bad"
+
+    metrics = read_metrics(run)
+    assert metrics["status"] == "diverged"
+    assert metrics["diverged"]["step"] == step and metrics["diverged"]["epoch"] == epoch
+    assert metrics["diverged"]["last_finite"]["step"] == step - 1
+    assert metrics["diverged"]["last_epoch"]["epoch"] == epoch - 1
+    # What came before is kept: the history, the curves up to that step, the checkpoints, the figure.
+    assert [int(r["epoch"]) for r in read_history(run)] == list(range(1, epoch))
+    losses = scalars(run)["train/loss_step"]
+    assert [s for s, _ in losses] == list(range(1, step + 1))
+    assert all(math.isfinite(v) for _, v in losses[:-1]) and not math.isfinite(losses[-1][1])
+    last = checkpoint.load(run / "last.pt")
+    assert last["epoch"] == epoch - 1
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    assert checkpoint.load(run / "best.pt")["epoch"] == metrics["best"]["epoch"]
+    assert (run / "curves.png").is_file()
+
+
+def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
+    args = [a for a in REFERENCE_ARGS if not a.startswith("trainer.epochs")]
+    proc = run_dlrun("train", "-m", *args, "trainer.epochs=6", "scheduler=exponential", "scheduler.fn.gamma=1,1000",
+                     "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").glob("*/metrics.json")}
+    assert statuses == {"scheduler.fn.gamma=1": "completed", "scheduler.fn.gamma=1000": "diverged"}, proc.stderr
+    assert proc.returncode == 0, proc.stderr  # a diverged job is an answer, not a failure
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("eval"))
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+    assert min(len(b) for b in before.values()) > 100_000
+
+    def small_disk():  # no file may grow past 100 kB: the next checkpoint cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = subprocess.run([DLRUN, "train", "resume=run", "trainer.epochs=5"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, preexec_fn=small_disk,
+                          env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.match(rf"dlrun: error: cannot write {re.escape(str(run))}/(best|last)\.pt: File too large\. Files "
+                    r"written before are intact", line), line
+    for name, data in before.items():
+        assert (run / name).read_bytes() == data, f"{name} changed"
+    assert not list(run.glob(".*.tmp")), "a half-written file was left behind"
+    assert read_metrics(run)["status"] == "failed"
+    assert len(read_history(run)) == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA out of memory needs a CUDA GPU")
+def test_cuda_out_of_memory_names_the_batch_size(tmp_path):
+    # 256 images of 512x512 through 4096 channels need about a terabyte of activations.
+    proc = run_dlrun("train", "device=cuda", "model=cnn", "model.channels=[4096]", "dataset.resize=512",
+                     "trainer.batch_size=256", "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("dlrun: error: CUDA out of memory on cuda")
+    assert "trainer.batch_size=256" in line and "try trainer.batch_size=128" in line
+    assert read_metrics(tmp_path / "run")["status"] == "failed"
