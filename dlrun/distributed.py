@@ -29,6 +29,7 @@ from dlrun.errors import ConfigError, DeviceError, DlrunError
 
 # torch is imported inside the functions that need it: the console and the tracker ask
 # is_main() here, and commands that never train should not pay for importing torch.
+
 log = logging.getLogger(__name__)
 
 # A rank that stops only because another rank vanished exits with this code, so that the
@@ -88,6 +89,11 @@ def adopt_submitit_env() -> None:
     if JobEnvironment().num_tasks > 1:
         # Every task sees all of the node's GPUs and takes the one of its local rank.
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if rank() > 0:  # Hydra has opened train.log for every task: this rank logs beside it instead
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.close()  # reopened on the next record, under the new name
+                    handler.baseFilename = re.sub(r"(\.log)?$", f".rank{rank()}.log", handler.baseFilename, count=1)
 
 
 def run(cfg, run_in_process):

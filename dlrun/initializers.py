@@ -25,6 +25,9 @@ GAIN_NAMES = {
     "sigmoid": "sigmoid",
     "selu": "selu",
     "linear": "linear",
+    "conv1d": "conv1d",
+    "conv2d": "conv2d",
+    "conv3d": "conv3d",
 }
 LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default negative slope, which the leaky_relu gain must match
 
