@@ -76,7 +76,7 @@ class Tracker:
                 self.writer.add_scalar("train/grad_norm", grad_norms[i], first_step + i)
 
     def log_graph(self, model, example: torch.Tensor) -> None:
-        if not self.cfg.logging.graph:
+        if not (self.writes and self.cfg.logging.graph):
             return
         was_training = model.training
         model.eval()  # tracing runs the model: batch norm must not learn from the example
@@ -91,6 +91,8 @@ class Tracker:
 
     def log_model(self, model, epoch: int) -> None:
         """Weight and gradient histograms every `histograms_every` epochs; a logistic model's class templates."""
+        if not self.writes:
+            return
         every = self.cfg.logging.histograms_every
         if every and epoch % every == 0:
             for name, param in model.named_parameters():
@@ -105,7 +107,7 @@ class Tracker:
     def log_misclassified(self, model, loader, epoch: int) -> None:
         """A grid of test images the model gets wrong, titled with their true and predicted classes."""
         wanted = self.cfg.logging.misclassified
-        if not wanted:
+        if not (self.writes and wanted):
             return
         model.eval()
         images, titles = [], []
