@@ -23,6 +23,9 @@ def describe(err: BaseException, overrides: list[str]) -> tuple[str, int]:
         return str(err), err.exit_code
     if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
         return _disk_error(err)
+    if type(err).__name__ == "OutOfMemoryError":  # torch's, before the training loop (which names the batch size)
+        return (f"CUDA out of memory before training ({_first_line(str(err))[:120]}); try a smaller model, "
+                "dataset.resize or trainer.batch_size", 1)
     if isinstance(err, MissingConfigException):
         return _missing_option(err), 2
     if isinstance(err, OverrideParseException):

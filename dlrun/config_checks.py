@@ -164,6 +164,10 @@ SCHEMA: dict[str, Rule] = {
     "trainer.mode": one_of("max", "min"),
     "trainer.log_every_n_steps": integer(1),
     "trainer.devices": integer(1),
+    "trainer.precision": lambda v: None if str(v) in ("32", "bf16", "16", "auto") and not isinstance(v, (bool, float))
+    else "must be 32, bf16, 16 or auto",
+    "trainer.channels_last": boolean,
+    "trainer.compile": boolean,
     "trainer.scale_lr": boolean,
     "trainer.dist_timeout_s": number(0, lo_open=True),
     "trainer.early_stopping.patience": integer(1, null=True, hi=MAX_INT),

@@ -49,8 +49,12 @@ class Tracker:
         purge = {"purge_step": resume["step"] + 1} if resume else {}
         self.writer = SummaryWriter(log_dir=str(self.run_dir), **purge) if self.writes else _NullWriter()
         self.cfg = cfg
+        # A run stopped while testing has its test results in TensorBoard already: not a second time.
+        self.test_logged = False
         if resume:
             self._relog_missing_epochs()
+            finished = resume["epoch"] >= cfg.trainer.epochs or resume.get("stopped")
+            self.test_logged = bool(finished) and self.writes and _has_tag(self.run_dir, "test/loss")
         self.writer.add_custom_scalars(
             {
                 "Learning curves (train vs val)": {
@@ -107,7 +111,7 @@ class Tracker:
     def log_misclassified(self, model, loader, epoch: int) -> None:
         """A grid of test images the model gets wrong, titled with their true and predicted classes."""
         wanted = self.cfg.logging.misclassified
-        if not (self.writes and wanted):
+        if not (self.writes and wanted) or self.test_logged:
             return
         model.eval()
         images, titles = [], []
@@ -143,17 +147,18 @@ class Tracker:
         if not self.writes:
             self.metrics["test"] = test
             return
+        writer = _NullWriter() if self.test_logged else self.writer
         for key, value in test.items():
-            self.writer.add_scalar(f"test/{key}", value, epoch)
+            writer.add_scalar(f"test/{key}", value, epoch)
         fig = report.confusion_figure(cm, self.classes, "test")
-        self.writer.add_figure("test/confusion_matrix", fig, epoch)
+        writer.add_figure("test/confusion_matrix", fig, epoch)
         report.save_figure(report.confusion_figure(cm, self.classes, "test"), self.run_dir / "confusion_matrix.png")
         report.write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
         header, rows = report.classification_report(cm, self.classes)
         report.write_csv(self.run_dir / "classification_report.csv", header, rows)
         table = [f"| {' | '.join(header)} |", "|" + " --- |" * len(header)]
         table += [f"| {' | '.join(str(v) for v in row)} |" for row in rows]
-        self.writer.add_text("test/classification_report", "\n".join(table), epoch)
+        writer.add_text("test/classification_report", "\n".join(table), epoch)
         self.metrics["test"] = test
 
     def save_metrics(self, **fields) -> None:
@@ -188,6 +193,16 @@ class Tracker:
             self.writer.file_writer.add_summary(self._session_end)
         self.writer.close()
         self.save_metrics(status=status)
+
+
+def _has_tag(run_dir: Path, tag: str) -> bool:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if any(value.tag == tag for value in event.summary.value):
+                return True
+    return False
 
 
 def _unit_range(images: torch.Tensor) -> torch.Tensor:
