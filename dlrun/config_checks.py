@@ -250,7 +250,7 @@ SCHEMA: dict[str, Rule] = {
     "dataset.download": boolean,
     "dataset.test_fraction": number(0, 1, lo_open=True, hi_open=True),
     "dataset.split_seed": integer(0),
-    "dataset.resize": lambda v: None if v is None or integer(1)(v) is None or int_list(1)(v) is None and len(v) == 2
+    "dataset.resize": lambda v: None if v is None or integer(1)(v) is None or (int_list(1)(v) is None and len(v) == 2)
     else "must be null, a size in pixels (32) or [height, width]",
     "dataset.normalize": one_of("dataset", "imagenet"),
     "dataset.epochs": integer(1),
@@ -295,8 +295,9 @@ def check_config(cfg) -> None:
     for key, rule in SCHEMA.items():
         found, value = _lookup(values, key)
         if found:
-            rule = rule if is_cnn else getattr(rule, "scalar", rule)
-            _check(rule(value) is None, key, _show(value), rule(value) or "")
+            problem = (rule if is_cnn else getattr(rule, "scalar", rule))(value)
+            if problem:
+                raise ConfigError(key, _show(value), problem)
     _check_combinations(values)
     for key, (kind, test) in TARGETS.items():
         found, node = _lookup(values, key)

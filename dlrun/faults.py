@@ -35,7 +35,7 @@ class Diverged(DlrunError):
 
     def __init__(self, step: int, epoch: int, value: float, last_finite: dict | None, what: str = "train loss"):
         self.details = {"step": step, "epoch": epoch, "what": what, "value": str(value), "last_finite": last_finite}
-        where = (f"; last finite {what} {last_finite['value']:.4g} at step {last_finite['step']}"
+        where = (f"; last finite train loss {last_finite['value']:.4g} at step {last_finite['step']}"
                  if last_finite else "")
         super().__init__(f"diverged: {what} is {value} at step {step} (epoch {epoch}){where}. "
                          "Curves and checkpoints up to there are kept; try a lower optimizer.lr, "

@@ -148,10 +148,11 @@ def run_in_process(cfg: DictConfig) -> float:
         tracker.log_graph(model, torch.zeros(1, *data.in_shape, device=device))
     sign = 1 if trainer.mode == "max" else -1
     best_value, best_epoch = -float("inf") * sign, 0
-    step, epoch, start_epoch, stopped = 0, 0, 1, False
+    step, epoch, start_epoch = 0, 0, 1
     if resumed:
         best_value, best_epoch = resumed["best"]["value"], resumed["best"]["epoch"]
-        step, start_epoch, stopped = resumed["step"], resumed["epoch"] + 1, resumed.get("stopped", False)
+        # An early-stopped run has no epochs left: only its test, if a stop came before it.
+        step, start_epoch = resumed["step"], trainer.epochs + 1 if resumed["stopped"] else resumed["epoch"] + 1
         console.print(f"resuming from epoch {resumed['epoch']} (step {step}) of {run_dir}")
     last_finite = None  # the last finite training loss and its step, for a divergence report
 
@@ -161,6 +162,7 @@ def run_in_process(cfg: DictConfig) -> float:
                                           stopper, generators, time.time() - tracker.start)
         checkpoint.save(run_dir / "last.pt", model, optimizer, epoch, cfg, data, stopped=stop,
                         overrides=list(HydraConfig.get().overrides.task), **state)
+
     pending: list[tuple] = []  # (loss, lr, grad norm) per step, read from the device every log_every_n_steps
 
     def on_step(loss, lr, grad_norm):
@@ -197,8 +199,6 @@ def run_in_process(cfg: DictConfig) -> float:
     try:
         with console.training(trainer.epochs), signals or contextlib.nullcontext():
             for epoch in range(start_epoch, trainer.epochs + 1):
-                if stopped:
-                    break
                 start = time.time()
                 console.start_epoch(epoch, len(train_loader))
                 train_stats = train_one_epoch(train_model, train_loader, train_loss_fn, optimizer, regime, train_metrics, on_step, amp)

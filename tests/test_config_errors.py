@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from conftest import DLRUN, run_dlrun
 from dlrun.cli_errors import describe
-from dlrun.data import load_data
 from dlrun.config_checks import DATASET_SHAPES, SCHEMA, check_config
+from dlrun.data import load_data
 from dlrun.errors import DlrunError
 from dlrun.initializers import initialize
 
@@ -198,7 +198,7 @@ def train_one_step(cfg) -> None:
     regime.after_step()
 
 
-@settings(max_examples=int(os.environ.get("DLRUN_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
+@settings(max_examples=int(os.environ.get("DLRUN_HYPOTHESIS_EXAMPLES", 40)), deadline=None,
           suppress_health_check=[HealthCheck.too_slow], derandomize=os.environ.get("DLRUN_HYPOTHESIS_EXAMPLES") is None)
 @given(overrides=st.lists(override, min_size=1, max_size=4))
 def test_random_overrides_give_a_clean_error_or_a_valid_config(overrides):

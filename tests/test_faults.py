@@ -31,7 +31,9 @@ def start(*args: str, cwd: Path, **kw) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen([DLRUN, *args], cwd=cwd, env={**env, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
-    threading.Timer(300, proc.kill).start()  # never hang the suite
+    watchdog = threading.Timer(300, proc.kill)  # never hang the suite
+    watchdog.daemon = True
+    watchdog.start()
     return proc
 
 
@@ -91,7 +93,7 @@ def assert_same_as(run: Path, reference: Path) -> None:
 
 def test_sigterm_saves_the_run_and_resume_equals_an_uninterrupted_run(reference_run, tmp_path):
     proc = start("train", *REFERENCE_ARGS, "hydra.run.dir=run", cwd=tmp_path)
-    assert wait_for_line(proc, "epoch 1/4")
+    assert wait_for_line(proc, "epoch 1/3")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate()
     run = tmp_path / "run"
@@ -116,7 +118,7 @@ def test_sigterm_saves_the_run_and_resume_equals_an_uninterrupted_run(reference_
 
 def test_ctrl_c_exits_130_with_the_state_kept(tmp_path):
     proc = start("train", *REFERENCE_ARGS, "hydra.run.dir=run", cwd=tmp_path)
-    assert wait_for_line(proc, "epoch 1/4")
+    assert wait_for_line(proc, "epoch 1/3")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     assert proc.returncode == 130, err
@@ -129,7 +131,7 @@ def test_ctrl_c_exits_130_with_the_state_kept(tmp_path):
 
 def test_kill_9_at_random_moments_then_resume(reference_run, tmp_path):
     rng = random.Random()
-    delays = [round(rng.uniform(0, 2.5), 2), round(rng.uniform(0, 2.5), 2)]
+    delays = [round(rng.uniform(0, 2), 2), round(rng.uniform(0, 2), 2)]
     run = tmp_path / "outputs" / "runs" / "killed"
     proc = start("train", *REFERENCE_ARGS, f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for_file(proc, run / "last.pt")  # from here on there is something to resume
@@ -185,11 +187,11 @@ def test_a_nan_loss_stops_the_run_at_that_step(tmp_path):
 
 def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
     args = [a for a in REFERENCE_ARGS if not a.startswith("trainer.epochs")]
-    proc = run_dlrun("train", "-m", *args, "trainer.epochs=6", "scheduler=exponential", "scheduler.fn.gamma=1,1000",
+    proc = run_dlrun("train", "-m", *args, "trainer.epochs=4", "scheduler=exponential", "scheduler.fn.gamma=1,10000",
                      "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
     statuses = {re.search(r"scheduler\.fn\.gamma=(\d+)", p.parent.name)[1]: json.loads(p.read_text())["status"]
                 for p in (tmp_path / "sweep").glob("*/metrics.json")}
-    assert statuses == {"1": "completed", "1000": "diverged"}, proc.stderr
+    assert statuses == {"1": "completed", "10000": "diverged"}, proc.stderr
     assert proc.returncode == 0, proc.stderr  # a diverged job is an answer, not a failure
 
 
@@ -202,7 +204,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(reference_run, tmp_p
     def small_disk():  # no file may grow past 100 kB: the next checkpoint cannot be written
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    proc = subprocess.run([DLRUN, "train", "resume=run", "trainer.epochs=5"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([DLRUN, "train", "resume=run", "trainer.epochs=4"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, preexec_fn=small_disk,
                           env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
     assert proc.returncode == 1, proc.stderr
@@ -213,7 +215,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(reference_run, tmp_p
         assert (run / name).read_bytes() == data, f"{name} changed"
     assert not list(run.glob(".*.tmp")), "a half-written file was left behind"
     assert read_metrics(run)["status"] == "failed"
-    assert len(read_history(run)) == 4
+    assert len(read_history(run)) == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA out of memory needs a CUDA GPU")

@@ -43,7 +43,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_unexecuted(tmp_path):
 def test_a_plain_pickle_that_runs_code_is_refused_unexecuted(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "plain.pt"
-    path.write_bytes(pickle.dumps(RunsCode(marker)))
+    path.write_bytes(pickle.dumps(RunsCode(marker), protocol=2))
     with pytest.raises(DlrunError, match="refused to load it"):
         checkpoint.load(path)
     assert not marker.exists()
