@@ -153,11 +153,11 @@ def test_kill_9_at_random_moments_then_resume(reference_run, tmp_path):
 
 
 def test_a_nan_loss_stops_the_run_at_that_step(tmp_path):
-    # The lr grows a thousandfold each epoch; losses are read only once an epoch (log_every_n_steps=1000),
+    # The lr grows ten-thousandfold each epoch; losses are read only once an epoch (log_every_n_steps=1000),
     # yet the step reported is the first one whose loss is not finite.
     args = [a for a in REFERENCE_ARGS if not a.startswith(("trainer.epochs", "trainer.log_every"))]
     proc = run_dlrun("train", *args, "trainer.epochs=8", "trainer.log_every_n_steps=1000", "scheduler=exponential",
-                     "scheduler.fn.gamma=1000", "hydra.run.dir=run", cwd=tmp_path, check=False)
+                     "scheduler.fn.gamma=10000", "hydra.run.dir=run", cwd=tmp_path, check=False)
     run = tmp_path / "run"
     assert proc.returncode == 1, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
