@@ -533,6 +533,8 @@ class _Batches:
         shape = (1, -1) if feature_dims else (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=self.device).view(shape)
         self.std = torch.tensor(std, device=self.device).view(shape)
+        # (x / 255 - mean) / std as one multiply-add straight from uint8: one pass over the batch, not three.
+        self.scale, self.shift = 1 / (255 * self.std), -self.mean / self.std
         self.index_device = torch.device(index_device)
         self.generator = torch.Generator(device=self.index_device).manual_seed(seed)
         # Augmentation draws from its own stream, so the order of samples does not depend on it;
@@ -574,10 +576,11 @@ class _Batches:
         """uint8 images -> floats in [0, 1] -> augmented (training) -> normalised; features are only normalised."""
         if x.is_floating_point():
             return (x - self.mean) / self.std
-        x = x.float().div_(255)
         if self.augment is not None and self.shuffle:
-            x = self.augment(x, self.augment_generator)
-        x = x.sub_(self.mean).div_(self.std)
+            x = self.augment(x.float().div_(255), self.augment_generator)
+            x = x.sub_(self.mean).div_(self.std)
+        else:
+            x = torch.addcmul(self.shift, x, self.scale)
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
 

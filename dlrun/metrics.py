@@ -1,9 +1,7 @@
 """Classification metrics with torchmetrics, accumulated on the training device and read once per epoch."""
 
-import warnings
-
 import torch
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -12,8 +10,23 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-# A NaN loss stops the run as diverged, with its step (dlrun.faults); torchmetrics' warning would only repeat it.
-warnings.filterwarnings("ignore", message="Encountered `nan` values in tensor")
+class MeanLoss(Metric):
+    """The sample-weighted mean loss. torchmetrics' MeanMetric checks every update for NaN on the host,
+    a sync per step; a NaN here simply propagates, and dlrun.faults stops the run on it."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor, weight: int) -> None:
+        self.total += loss.detach().double() * weight
+        self.count += weight
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
 
 
 class ClassificationMetrics(torch.nn.Module):
@@ -31,7 +44,7 @@ class ClassificationMetrics(torch.nn.Module):
                 "f1": MulticlassF1Score(average="macro", **kw),
             }
         )
-        self.loss = MeanMetric()
+        self.loss = MeanLoss()
 
     def reset(self) -> None:
         self.scores.reset()
