@@ -97,9 +97,10 @@ def load_data(cfg, seed: int, val_fraction: float) -> Data:
     if cfg.get("resize") and train.x.dim() == 4:
         size = _size_option(cfg.resize)
         train, test = Split(_resize(train.x, size), train.y), Split(_resize(test.x, size), test.y)
-    mean, std = _stats(train.x)
-    if cfg.get("normalize", "dataset") == "imagenet":
-        mean, std = _imagenet_stats(train.x.shape[1])
+    normalize = cfg.get("normalize", "dataset")
+    if normalize not in ("dataset", "imagenet"):
+        raise ConfigError("dataset.normalize", normalize, "must be dataset (its own mean and std) or imagenet")
+    mean, std = _imagenet_stats(train.x.shape[1]) if normalize == "imagenet" else _stats(train.x)
     train, val = _split_off(train, val_fraction, seed)
     return Data(train, val, test, classes, mean, std, tuple(train.x.shape[1:]))
 
@@ -135,7 +136,7 @@ def _imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]
 
 def _size_option(value) -> tuple[int, int]:
     size = [value, value] if isinstance(value, int) else list(value) if value is not None else []
-    if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
         raise ConfigError("dataset.resize", value, "must be null, a size in pixels (32) or [height, width]")
     return int(size[0]), int(size[1])
 

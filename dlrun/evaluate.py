@@ -153,7 +153,7 @@ def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = N
         raise DlrunError(f"{ckpt_path}: its weights do not fit the model its config describes "
                          f"({str(err).splitlines()[0]})") from err
     model.to(dev)
-    amp = Precision(cfg.trainer.get("precision", "32"), dev)  # as the run evaluated: same numbers
+    amp = Precision(cfg.trainer.get("precision", "32"), dev, model)  # as the run evaluated: same numbers
     if cfg.trainer.get("channels_last", False) and len(in_shape) == 3:
         model.to(memory_format=torch.channels_last)
     cfg.trainer.batch_size = cfg.trainer.eval_batch_size

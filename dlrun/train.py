@@ -85,7 +85,7 @@ def run_in_process(cfg: DictConfig) -> float:
     init_fn = instantiate(cfg.initializer.fn) if cfg.initializer.fn else None
     initialized = initialize(model, init_fn, cfg.initializer.zero_bias)
     model.to(device)
-    amp = Precision(trainer.get("precision", "32"), device)
+    amp = Precision(trainer.get("precision", "32"), device, model)
     if trainer.get("channels_last", False) and len(data.in_shape) == 3:
         model.to(memory_format=torch.channels_last)  # make_loaders gives channels-last batches to match
     optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
@@ -292,16 +292,18 @@ def to_floats(stats: dict) -> dict:
 
 
 class Precision:
-    """trainer.precision: 32, bf16, 16 (fp16, CUDA only), or auto: bf16 where the hardware runs it natively.
+    """trainer.precision: 32, bf16, 16 (fp16, CUDA only), or auto: bf16 where the hardware runs it natively
+    (on a CPU only for models with convolutions: small fully connected nets run faster in fp32 there).
 
     bf16 and fp16 autocast the forward pass; fp16 also scales the loss, so that small gradients survive."""
 
-    def __init__(self, value, device: torch.device):
+    def __init__(self, value, device: torch.device, model: nn.Module | None = None):
         choice = str(value)
         if choice not in ("32", "bf16", "16", "auto"):
             raise ConfigError("trainer.precision", value, "must be 32, bf16, 16 or auto")
         if choice == "auto":
-            choice = "bf16" if native_bf16(device) else "32"
+            convolves = model is None or any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+            choice = "bf16" if native_bf16(device) and (device.type != "cpu" or convolves) else "32"
         if choice == "16" and device.type != "cuda":
             raise ConfigError("trainer.precision", value, f"fp16 needs device=cuda; on {device.type} use bf16 or 32")
         if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

@@ -8,12 +8,13 @@ Every figure is a ratio of two things measured here, with both absolute values b
    course's 784-100-10 MLP and for dlrun's default CNN; dlrun in fp32 and with its defaults
    (trainer.precision=auto, channels_last);
 2. time to 99.0% test accuracy, wall clock from process start to exit: `dlrun train model=cnn
-   dataset=mnist` against the pytorch/examples MNIST recipe (its Net, Adadelta lr 1.0, StepLR gamma
+   dataset=mnist` (the shipped defaults) and `dlrun train experiment=mnist_cnn` (the same CNN with a
+   one-cycle schedule) against the pytorch/examples MNIST recipe (its Net, Adadelta lr 1.0, StepLR gamma
    0.7, batch 64, a DataLoader), written out below from its published description. The recipe runs
    at most --recipe-epochs epochs (its own default is 14): when it has not reached 99.0% by then,
    the table shows its time so far as a lower bound, and says so;
 3. start-up of `dlrun --help` and `dlrun train --cfg job` (median of 3);
-4. peak resident memory of the dlrun MNIST CNN run;
+4. peak resident memory of the dlrun MNIST CNN runs (ru_maxrss of this script's children: the larger run's);
 5. with CUDA only: epoch time and samples/s for the CNN on MNIST and ResNet-18 on CIFAR-10 against
    the standard loop, and model FLOP utilisation against the measured bf16 matmul peak.
 Not part of the test suite: it needs the real MNIST files and minutes of CPU.
@@ -47,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True, help="folder holding MNIST/raw (gzipped or plain IDX files)")
     parser.add_argument("--json", default="outputs/bench.json", help="where to write the results")
-    parser.add_argument("--recipe-epochs", type=int, default=3, help="cap on the pytorch/examples recipe's epochs")
+    parser.add_argument("--recipe-epochs", type=int, default=5, help="cap on the pytorch/examples recipe's epochs")
     args = parser.parse_args()
     root = Path(args.data_root).expanduser().resolve()
     raw = root / "MNIST" / "raw"
@@ -59,8 +60,9 @@ def main() -> None:
         tmp = Path(tmp)
         plain_root = unpack_mnist(raw, tmp / "plain")  # torchvision's MNIST class reads plain IDX files only
         warm_cache(root)  # the timed dlrun run is a second run: its uint8 tensors come from the cache
-        # The dlrun run goes first: the peak RSS of waited-for children is a maximum over all of them.
+        # The dlrun runs go first: the peak RSS of waited-for children is a maximum over all of them.
         dlrun_run = time_dlrun_to_99(root, tmp / "run")
+        preset_run = time_dlrun_to_99(root, tmp / "preset", "experiment=mnist_cnn")
         recipe = time_recipe_to_99(plain_root, args.recipe_epochs)
         startup = {name: time_command(cmd, cwd=tmp) for name, cmd in (
             ("dlrun --help", [str(BIN / "dlrun"), "--help"]),
@@ -77,13 +79,15 @@ def main() -> None:
                             e["standard"], "s", target=">= 8x" if model == "mlp" else ">= 2x"))
     reached = recipe["time_to_99_s"] is not None
     recipe_s = recipe["time_to_99_s"] if reached else recipe["wall_s"]
-    rows.append(row("time to 99.0% test accuracy, dlrun train model=cnn dataset=mnist vs pytorch/examples recipe",
-                    dlrun_run["wall_s"] if dlrun_run["test_accuracy"] >= 0.99 else None, recipe_s, "s",
-                    target=">= 8x and <= 20 s", lower_bound=not reached))
+    for name, run in (("dlrun train model=cnn dataset=mnist", dlrun_run), ("dlrun train experiment=mnist_cnn", preset_run)):
+        rows.append(row(f"time to 99.0% test accuracy, {name} vs pytorch/examples recipe",
+                        run["wall_s"] if run["test_accuracy"] >= 0.99 else None, recipe_s, "s",
+                        target=">= 8x and <= 20 s", lower_bound=not reached))
     for name, seconds in startup.items():
         rows.append(row(f"start-up, {name}", seconds, None, "s", target="< 0.5 s" if "help" in name else "< 1.5 s"))
-    rows.append(row("peak RSS, dlrun MNIST CNN run", dlrun_run["peak_rss_mb"], None, "MB", target="< 1500 MB"))
-    results.update(dlrun_run=dlrun_run, recipe=recipe, startup=startup, epochs=epochs, gpu=gpu)
+    rows.append(row("peak RSS, the larger of the two dlrun MNIST CNN runs", preset_run["peak_rss_mb"], None, "MB",
+                    target="< 1500 MB"))
+    results.update(dlrun_run=dlrun_run, preset_run=preset_run, recipe=recipe, startup=startup, epochs=epochs, gpu=gpu)
     print_table(results, recipe, args.recipe_epochs)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,9 +115,11 @@ def print_table(results: dict, recipe: dict, cap: int) -> None:
     print(f"\npytorch/examples recipe: {recipe['epoch_s_mean']:.1f} s per epoch; test accuracy after each epoch: {accs}; "
           + (f"99.0% after epoch {recipe['epochs_to_99']}" if recipe["time_to_99_s"] is not None
              else f"not 99.0% within the cap of {cap} epochs, so its time is a lower bound"))
-    d = results["dlrun_run"]
-    print(f"dlrun run: {d['epochs']} epochs, test accuracy {d['test_accuracy']:.4f}, epoch times {d['epoch_times_s']} s, "
-          f"{d['precision']}")
+    for name in ("dlrun_run", "preset_run"):
+        d = results[name]
+        print(f"{d['command']}: {d['wall_s']:.1f} s, {d['epochs']} epochs ({', '.join(map(str, d['epoch_times_s']))} s), "
+              f"test accuracy {d['test_accuracy']:.4f}, {d['precision']}"
+              + ("" if d["test_accuracy"] >= 0.99 else " (below 99.0%: no time to 99% to show)"))
     if results["gpu"] is None:
         print("GPU section: skipped (no CUDA device)")
     else:
@@ -146,9 +152,10 @@ def warm_cache(root: Path) -> None:
     load_data(dlrun_config("dataset=mnist", f"dataset.root={root}").dataset, seed=0, val_fraction=0.1)
 
 
-def time_dlrun_to_99(root: Path, run_dir: Path) -> dict:
+def time_dlrun_to_99(root: Path, run_dir: Path, *choices: str) -> dict:
+    choices = choices or ("model=cnn", "dataset=mnist")
     start = time.perf_counter()
-    proc = subprocess.run([str(BIN / "dlrun"), "train", "model=cnn", "dataset=mnist", f"dataset.root={root}",
+    proc = subprocess.run([str(BIN / "dlrun"), "train", *choices, f"dataset.root={root}",
                            f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=run_dir.parent)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -157,7 +164,8 @@ def time_dlrun_to_99(root: Path, run_dir: Path) -> dict:
     history = (run_dir / "history.csv").read_text().splitlines()
     header = history[0].split(",")
     times = [float(line.split(",")[header.index("time_s")]) for line in history[1:]]
-    return {"wall_s": wall, "test_accuracy": metrics["test"]["accuracy"], "epochs": len(times),
+    return {"command": f"dlrun train {' '.join(choices)}", "wall_s": wall, "test_accuracy": metrics["test"]["accuracy"],
+            "epochs": len(times),
             "epoch_times_s": times, "precision": metrics.get("precision", "?"),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
@@ -291,10 +299,10 @@ def epoch_times(root: Path, plain_root: Path) -> dict:
     standard_set = datasets.MNIST(str(plain_root), train=True, transform=transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)]))
     standard = torch.utils.data.DataLoader(standard_set, batch_size=64, shuffle=True)
-    auto = Precision("auto", torch.device("cpu"))
     results = {}
     for name in ("mlp", "cnn"):
         images = name == "cnn"
+        auto = Precision("auto", torch.device("cpu"), build(name, data.in_shape, channels_last=False)[0])
         model, opt = build(name, data.in_shape, channels_last=False)
         t_standard = train_epoch(model, opt, standard)
         model, opt = build(name, data.in_shape, channels_last=False)

@@ -29,7 +29,7 @@ OPTIONS = [f"{group}={option}" for group in ("model", "optimizer", "initializer"
 VARIANTS = [
     *[f"model.activation={a}" for a in ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu")],
     "model.batch_norm=true model.dropout=0.5",
-    "model=cnn model.kernel_size=[5,3] model.pooling=[avg,none] model.activation=[tanh,gelu] model.batch_norm=[false,true]",
+    "model=cnn model.channels=[8,16] model.kernel_size=[5,3] model.pooling=[avg,none] model.activation=[tanh,gelu] model.batch_norm=[false,true]",
     "model=resnet18 model.freeze_backbone=true",
     "optimizer=sgd optimizer.momentum=0.9 optimizer.nesterov=true optimizer.weight_decay=0.001",
     "optimizer=rmsprop optimizer.momentum=0.5 optimizer.centered=true",
@@ -160,7 +160,8 @@ def test_early_stopping_stops_a_run_when_the_metric_stalls(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_catalogue_run_through_the_entry_point_logs_its_model_and_initializer(tmp_path):
-    proc = run_dlrun("train", "model=cnn", "model.channels=[8,16]", "initializer=kaiming_normal", "optimizer=adamw",
+    proc = run_dlrun("train", "model=cnn", "model.channels=[8,16]", "model.head_hidden=128", "model.dropout=0.1",
+                     "initializer=kaiming_normal", "optimizer=adamw",
                      "optimizer.lr=0.01", "scheduler=cosine", "scheduler.fn.warmup_epochs=0.2", "trainer.epochs=1",
                      "trainer.grad_clip.max_norm=1", "trainer.l1=1e-5", "trainer.label_smoothing=0.1",
                      "trainer.class_weights=balanced", "device=cpu", cwd=tmp_path)

@@ -333,5 +333,13 @@ def test_bad_toy_options_name_the_key(override, key):
 def test_resize_option_resizes_once_and_stays_uint8():
     data = load_data(dataset_config("dataset=digits", "dataset.resize=16"), 0, 0.1)
     assert data.in_shape == (1, 16, 16) and data.train.x.dtype == torch.uint8
-    with pytest.raises(ConfigError, match="dataset.resize"):
-        load_data(dataset_config("dataset=digits", "dataset.resize=[1,2,3]"), 0, 0.1)
+    for bad in ("[1,2,3]", "true"):
+        with pytest.raises(ConfigError, match="dataset.resize"):
+            load_data(dataset_config("dataset=digits", f"dataset.resize={bad}"), 0, 0.1)
+
+
+def test_imagenet_normalisation_option():
+    grey = load_data(dataset_config("dataset=digits", "dataset.normalize=imagenet"), 0, 0.1)
+    assert grey.mean == pytest.approx((0.449,), abs=1e-3) and grey.std == pytest.approx((0.226,), abs=1e-3)
+    with pytest.raises(ConfigError, match="dataset.normalize=imagenett"):
+        load_data(dataset_config("dataset=digits", "dataset.normalize=imagenett"), 0, 0.1)

@@ -15,6 +15,7 @@ from test_train_run import RUNS, finished_run
 
 pytestmark = pytest.mark.slow
 
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 TENSORBOARD = shutil.which("tensorboard", path=str(Path(sys.executable).parent)) or "tensorboard"
 
 
@@ -29,7 +30,8 @@ def get_json(url: str, post: dict | None = None):
     if post is not None:  # the hparams plugin answers JSON-encoded requests, as the browser sends them
         request = urllib.request.Request(url, data=json.dumps(post).encode(), method="POST", headers={
             "Content-Type": "application/json", "X-XSRF-Protected": "1"})
-    with urllib.request.urlopen(request, timeout=5) as response:
+    # No proxy: urllib caches its first opener, with whatever proxy settings an earlier test had set.
+    with LOCAL.open(request, timeout=5) as response:
         return json.loads(response.read())
 
 
