@@ -424,7 +424,7 @@ def table_cells(summary: Summary, rows: list[Row], grouped: bool, with_names: bo
     return header, body
 
 
-def print_summary(summary: Summary, title: str, with_names: bool) -> None:
+def print_summary(summary: Summary, title: str, with_names: bool, logdir: Path) -> None:
     from dlrun.console import Console
 
     console = Console()
@@ -450,6 +450,7 @@ def print_summary(summary: Summary, title: str, with_names: bool) -> None:
     if summary.search and "best_params" in summary.search:
         lines.append(f"optuna best parameters: {_params(summary.search)}")
     lines.append(f"summary: {summary.out_dir / 'summary.md'}, summary.csv, curves.png")
+    lines.append(f"open them with: tensorboard --logdir {logdir}")
     for line in lines:
         print(line, flush=True)
 
@@ -569,7 +570,8 @@ def summarize(paths: list[Path], out_dir: Path, what: str = "runs") -> Summary:
     with_names = len(parents) > 1 or not (parents.pop() / "multirun.yaml").is_file()
     summary = build_summary([Run.load(p) for p in run_dirs], Path(out_dir), with_names)
     title = f"{len(run_dirs)} {what} in {', '.join(map(str, paths))}, ranked by {summary.monitor}"
-    print_summary(summary, title, with_names)
+    # TensorBoard over the runs' closest common folder shows them overlaid.
+    print_summary(summary, title, with_names, Path(os.path.commonpath([str(p) for p in run_dirs])))
     write_summary(summary, title, with_names)
     return summary
 
