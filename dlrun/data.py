@@ -19,6 +19,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -444,11 +445,7 @@ def _load_image_folder(cfg, seed: int, val_fraction: float) -> Data:
         train, val = _split_off(train, val_fraction, seed)
 
     if size is None:  # no resize: every image must have the first one's size, so that batches stack
-        from PIL import Image
-
-        first = train.folder.samples[int(train.indices[0])][0]
-        with Image.open(first) as img:
-            reader.expected = (img.height, img.width)
+        reader.expected = tuple(reader(train.folder.samples[int(train.indices[0])][0]).shape[1:])
     in_shape = (cfg.channels, *(size or reader.expected))
     if cfg.normalize == "imagenet":
         mean, std = _imagenet_stats(cfg.channels)
@@ -639,7 +636,9 @@ class _IndexBatches:
     """The DataLoader's batch sampler: the same per-epoch order and batches as a DeviceLoader's."""
 
     def __init__(self, batches: _Batches):
-        self.batches = batches
+        # A weak reference: a cycle through the FileLoader would leave its worker processes to the garbage
+        # collector, which stops them only after a 5 s timeout per iterator.
+        self.batches = weakref.proxy(batches)
 
     def __len__(self) -> int:
         return len(self.batches)
