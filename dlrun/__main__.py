@@ -1,4 +1,4 @@
-from dlrun.cli import main
+from dlrun.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

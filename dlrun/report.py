@@ -81,9 +81,21 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normal
     return fig
 
 
-def save_figure(fig, path: Path) -> None:
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+def render(fig) -> np.ndarray:
+    """Draw the figure once, as an (H, W, 3) uint8 RGB array, and close it: the same pixels can then
+    go to a PNG file and to TensorBoard without drawing twice."""
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
+    return rgb
+
+
+def save_png(rgb: np.ndarray, path: Path) -> None:
+    atomic_write(path, lambda f: plt.imsave(f, rgb, format="png"))
+
+
+def save_figure(fig, path: Path) -> None:
+    save_png(render(fig), path)
 
 
 def curves_figure(history: list[dict], metrics=("loss", "accuracy", "f1")):
@@ -121,15 +133,25 @@ def classification_report(cm: np.ndarray, classes: list[str]) -> tuple[list[str]
 
 
 def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8):
-    """Images (N, C, H, W) in [0, 1], each with a title above it."""
-    n = len(images)
+    """Images (N, C, H, W) in [0, 1], each with a title above it, tiled into one picture: one axes
+    for all of them draws several times faster than one axes each."""
+    n, channels, h, w = images.shape
+    columns = min(columns, n)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.5 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        picture = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-        ax.imshow(picture, cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
-        ax.set_title(title, fontsize=7)
-    fig.tight_layout()
+    cell_w = w + max(2, w // 8)
+    inch = 1.3 / cell_w  # each image 1.3 inches wide, whatever its size in pixels
+    title_h = int(np.ceil(0.4 / inch))  # two lines of 7-point text
+    cell_h = h + title_h
+    canvas = np.ones((rows * cell_h, columns * cell_w, 3))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = r * cell_h + title_h, c * cell_w + (cell_w - w) // 2
+        canvas[top:top + h, left:left + w] = image.transpose(1, 2, 0) if channels == 3 else image[0][..., None]
+    fig = plt.figure(figsize=(canvas.shape[1] * inch, canvas.shape[0] * inch))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for i, title in enumerate(titles[:n]):
+        r, c = divmod(i, columns)
+        ax.text((c + 0.5) * cell_w, r * cell_h + title_h - 0.5, title, ha="center", va="bottom", fontsize=7)
     return fig

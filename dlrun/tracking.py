@@ -126,7 +126,8 @@ class Tracker:
             if len(images) >= wanted:
                 break
         if images:
-            self.writer.add_figure("test/misclassified", report.image_grid_figure(np.stack(images), titles), epoch)
+            grid = report.render(report.image_grid_figure(np.stack(images), titles))
+            self.writer.add_image("test/misclassified", grid, epoch, dataformats="HWC")
 
     def log_epoch(self, row: dict, val_cm: np.ndarray | None) -> None:
         epoch = row["epoch"]
@@ -136,7 +137,7 @@ class Tracker:
         every = self.cfg.logging.confusion_matrix_every
         if val_cm is not None and every and epoch % every == 0:
             fig = report.confusion_figure(val_cm, self.classes, f"val epoch {epoch}", normalized_too=False)
-            self.writer.add_figure("val/confusion_matrix", fig, epoch)
+            self.writer.add_image("val/confusion_matrix", report.render(fig), epoch, dataformats="HWC")
         self.writer.flush()
         self.history.append(row)
         header = list(row)
@@ -150,9 +151,9 @@ class Tracker:
         writer = _NullWriter() if self.test_logged else self.writer
         for key, value in test.items():
             writer.add_scalar(f"test/{key}", value, epoch)
-        fig = report.confusion_figure(cm, self.classes, "test")
-        writer.add_figure("test/confusion_matrix", fig, epoch)
-        report.save_figure(report.confusion_figure(cm, self.classes, "test"), self.run_dir / "confusion_matrix.png")
+        picture = report.render(report.confusion_figure(cm, self.classes, "test"))
+        writer.add_image("test/confusion_matrix", picture, epoch, dataformats="HWC")
+        report.save_png(picture, self.run_dir / "confusion_matrix.png")
         report.write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
         header, rows = report.classification_report(cm, self.classes)
         report.write_csv(self.run_dir / "classification_report.csv", header, rows)

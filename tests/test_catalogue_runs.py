@@ -100,7 +100,7 @@ def event_data(run_dir: Path) -> EventAccumulator:
 def logistic_run(tmp_path_factory):
     """Softmax regression on digits with every TensorBoard extra on and a per-step schedule."""
     run_dir = tmp_path_factory.mktemp("logistic")
-    metrics = run_in_process(run_dir, "model=logistic", "scheduler=onecycle", "trainer.epochs=2",
+    metrics = run_in_process(run_dir, "model=logistic", "scheduler=onecycle", "optimizer.lr=0.1", "trainer.epochs=2",
                              "trainer.batch_size=128", "trainer.log_every_n_steps=3", "logging.histograms_every=1",
                              "logging.misclassified=8", "logging.confusion_matrix_every=0")
     return run_dir, metrics, event_data(run_dir)

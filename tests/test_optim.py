@@ -15,7 +15,7 @@ from dlrun.optim import EarlyStopping, Regime, Schedule, build_loss, build_optim
 from dlrun.tracking import METRICS
 
 EPOCHS, STEPS = 8, 4  # steps per epoch
-LR = 0.1  # optimizer=sgd's default
+LR = compose_config().optimizer.lr  # optimizer=sgd's default
 
 
 def lr_per_step(option: str, *overrides: str, metric=lambda epoch: 0.5) -> list[float]:
@@ -122,7 +122,7 @@ def test_torchs_own_optimizer_checks_become_one_line():
 
 
 def regime_for(model: nn.Module, *overrides: str, grad_norm: bool = True) -> Regime:
-    cfg = compose_config(*overrides)
+    cfg = compose_config("scheduler=none", *overrides)  # a constant lr: no optimizer needed
     return Regime(cfg.trainer, model, Schedule(cfg.scheduler, None, 1, 1), grad_norm)
 
 

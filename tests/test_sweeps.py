@@ -362,6 +362,9 @@ def test_course_experiments_are_whole_sweeps(name):
     assert cfg.dataset.name == expected_dataset
     for key in COURSE[name]:  # every swept key exists in the composed config (or is a group)
         assert key in cfg.hydra.runtime.choices or OmegaConf.select(cfg, key, default="missing") != "missing"
+    # The labs replicate the course at a constant lr, where `dlrun train` alone anneals it.
+    assert cfg.hydra.runtime.choices.scheduler == "none" and cfg.scheduler.fn is None
+    assert compose_with_hydra().hydra.runtime.choices.scheduler == "cosine"
 
 
 def test_slurm_launcher_config():
