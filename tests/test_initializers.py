@@ -129,7 +129,7 @@ def test_only_linear_and_conv_layers_are_touched_and_the_log_names_them():
     cfg = compose_config("model=cnn", "model.channels=[4]", "model.head_hidden=8", "model.dropout=0")
     model = instantiate(cfg.model, in_shape=(1, 8, 8), num_classes=3)
     applied = initialize(model, *init_fn("constant"))
-    assert applied == ["features.0.0 (Conv2d (4, 1, 3, 3))", "head.1 (Linear (8, 64))", "head.3 (Linear (3, 8))"]
+    assert applied == ["features.0.0 (Conv2d (4, 1, 5, 5))", "head.1 (Linear (8, 64))", "head.3 (Linear (3, 8))"]
     batch_norm = model.features[0][1]
     assert torch.all(batch_norm.weight == 1) and torch.all(batch_norm.bias == 0), "batch norm keeps its own init"
     assert describe(*init_fn("constant")) == "torch.nn.init.constant_(val=0.1), biases zeroed"

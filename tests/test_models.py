@@ -86,7 +86,8 @@ def test_cnn_takes_per_block_settings_and_sizes_its_head_by_a_dry_pass():
 def test_cnn_checks_its_lists_and_the_shrinking_feature_map():
     assert build_error("model=cnn", "model.channels=[8,8,8]", "model.kernel_size=[3,5]").startswith(
         "model.kernel_size=[3, 5]: must be one value or a list of 3, one per block")
-    message = build_error("model=cnn", "model.channels=[4,4,4,4,4]", "model.padding=0", in_shape=(1, 8, 8))
+    message = build_error("model=cnn", "model.channels=[4,4,4,4,4]", "model.kernel_size=3", "model.stride=1",
+                          "model.pooling=max", "model.padding=0", in_shape=(1, 8, 8))
     assert message.startswith("model.channels=[4, 4, 4, 4, 4]: the feature map of a 8x8 input shrinks to nothing in block 3")
     with pytest.raises(ConfigError, match="model=cnn: needs images"):
         CNN(in_shape=(2,), num_classes=2)
