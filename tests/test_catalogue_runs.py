@@ -172,6 +172,6 @@ def test_a_catalogue_run_through_the_entry_point_logs_its_model_and_initializer(
     assert f"model: {total:,} parameters ({trainable:,} trainable)" in proc.stdout
     log = (run_dir / "train.log").read_text()
     assert ("initializer: dlrun.initializers.kaiming_normal_(nonlinearity=relu, mode=fan_in), biases zeroed; "
-            "applied to: features.0.0 (Conv2d (8, 1, 3, 3)), features.1.0 (Conv2d (16, 8, 3, 3)), "
+            "applied to: features.0.0 (Conv2d (8, 1, 5, 5)), features.1.0 (Conv2d (16, 8, 5, 5)), "
             "head.1 (Linear (128, 64)), head.4 (Linear (10, 128))") in log
     assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5
