@@ -1,3 +1,20 @@
-"""dlrun: a command-line experiment runner for PyTorch, driven by Hydra configs."""
+"""dlrun: a command-line experiment runner for PyTorch, driven by Hydra configs.
+
+From Python: `dlrun.train(["model=cnn", "trainer.epochs=1"])` and `dlrun.sweep([...])`. Importing
+dlrun imports neither torch nor Hydra: they load when a run starts."""
 
 __version__ = "0.1.0"
+
+
+def train(overrides=(), config_dir=None):
+    """Train one run in this process, as `dlrun train OVERRIDES` would; see dlrun.app.api.train."""
+    from dlrun.app.api import train as train_
+
+    return train_(overrides, config_dir)
+
+
+def sweep(overrides=(), config_dir=None):
+    """Run a multirun in this process, as `dlrun train -m OVERRIDES` would; see dlrun.app.api.sweep."""
+    from dlrun.app.api import sweep as sweep_
+
+    return sweep_(overrides, config_dir)

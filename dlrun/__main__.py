@@ -1,4 +1,4 @@
-from dlrun.cli import entry
+from dlrun.app.cli import entry
 
 if __name__ == "__main__":
     entry()

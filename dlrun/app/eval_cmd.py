@@ -1,0 +1,197 @@
+"""`dlrun eval PATH`: evaluate a saved model again, on the test set, the val set or another compatible
+dataset, and write the metrics, the classification report and the confusion matrix into PATH/eval/.
+
+Run directories and checkpoints are shared between people, so nothing in them may run code:
+the checkpoint is read with weights_only=True, and the saved config may only name classes from an
+allow-list of packages, since rebuilding the model imports and calls whatever `_target_` names."""
+
+import inspect
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from dlrun.config.check import locate
+from dlrun.config.compose import compose_config
+from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.core.io import write_csv, write_json
+from dlrun.core.text import did_you_mean
+from dlrun.data import load_data, make_loaders
+from dlrun.engine import checkpoint
+from dlrun.engine.build import make_model
+from dlrun.engine.precision import Precision, resolve_device
+from dlrun.engine.steps import evaluate, to_floats
+from dlrun.observe import figures
+from dlrun.observe.console import Console
+from dlrun.observe.metrics import classification_metrics, confusion_matrix
+from dlrun.observe.tables import classification_report, write_confusion_csv
+
+USAGE = """Usage: dlrun eval PATH [split=test|val] [dataset=NAME] [dataset.KEY=VALUE ...] [device=auto|cpu|cuda|mps]
+                  [batch_size=N] [--trust-config]
+
+Evaluate a run's best.pt (or the checkpoint PATH names) again and write metrics.json,
+classification_report.csv, confusion_matrix.csv and confusion_matrix.png into
+<run dir>/eval/<dataset>-<split>-<checkpoint>/.
+
+  split=test        the dataset's test split (default), or split=val: the run's own validation split
+  dataset=NAME      another dataset with the same input shape and number of classes (e.g. fashion_mnist
+                    for a model trained on mnist); dataset.root=DIR and other dataset.* keys also apply
+  --trust-config    build the model even when its saved config names classes outside dlrun, torch,
+                    torchvision and torchmetrics; only for run directories whose origin you trust
+
+Examples:
+  dlrun eval outputs/runs/2024-05-01_12-00-00_cnn_mnist
+  dlrun eval outputs/runs/2024-05-01_12-00-00_cnn_mnist/last.pt split=val
+  dlrun eval outputs/runs/2024-05-01_12-00-00_cnn_mnist dataset=fashion_mnist"""
+
+ALLOWED_PACKAGES = ("dlrun", "torch", "torchvision", "torchmetrics")
+# Inside the allowed packages, but they load or compile code: refused all the same without --trust-config.
+REFUSED_TARGETS = ("torch.hub", "torch.load", "torch.jit.load", "torch.package", "torch.utils.cpp_extension",
+                   "torch.ops", "torch.classes", "torch.serialization", "torch.export.load", "torch.compile")
+OPTIONS = ("split", "dataset", "device", "batch_size")
+
+
+def main(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    trust = "--trust-config" in args
+    path, *rest = [a for a in args if a != "--trust-config"]
+    options, dataset_overrides = parse_options(rest)
+    evaluate_checkpoint(Path(path), trust=trust, dataset_overrides=dataset_overrides, **options)
+
+
+def parse_options(args: list[str]) -> tuple[dict, list[str]]:
+    """`KEY=VALUE` words as typed values (OmegaConf's grammar, as `dlrun train` reads them), dataset.* apart."""
+    options, dataset_overrides = {}, []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not value:
+            raise DlrunError(f"{arg}: expected KEY=VALUE after the path (see `dlrun eval --help`)")
+        if key.startswith("dataset."):
+            dataset_overrides.append(f"{key.removeprefix('dataset.')}={value}")
+        elif key in OPTIONS:
+            options[key] = OmegaConf.from_dotlist([arg])[key]
+        else:
+            raise ConfigError(key, value, f"is not an option of dlrun eval{did_you_mean(key, OPTIONS)} "
+                              f"(options: {', '.join(OPTIONS)}, dataset.KEY)")
+    if options.get("split", "test") not in ("test", "val"):
+        raise ConfigError("split", options["split"], "must be test or val")
+    size = options.get("batch_size", 1)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError("batch_size", size, "must be an integer >= 1")
+    options.update({k: str(v) for k, v in options.items() if k != "batch_size"})
+    return options, dataset_overrides
+
+
+def check_targets(node, trust: bool, where: str = "model") -> None:
+    """Every `_target_` under `node` must be in the allow-list, unless the user trusts the config."""
+    if trust:
+        return
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and not allowed(value):
+                raise ConfigError(
+                    f"{where}._target_", value,
+                    f"not in the allow-list ({', '.join(p + '.' for p in ALLOWED_PACKAGES)}): building the model "
+                    "would import and call it, and a shared run directory can name any code. Pass --trust-config "
+                    "if you trust where this run comes from",
+                )
+            check_targets(value, trust, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_targets(value, trust, f"{where}[{i}]")
+
+
+def allowed(target) -> bool:
+    if not isinstance(target, str):
+        return False
+    in_package = any(target == p or target.startswith(p + ".") for p in ALLOWED_PACKAGES)
+    refused = any(target == r or target.startswith(r + ".") for r in REFUSED_TARGETS)
+    return in_package and not refused and "._" not in target
+
+
+def find_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(checkpoint, run directory) for a run directory (its best.pt, else last.pt) or a checkpoint file."""
+    if path.is_file():
+        return path, path.parent
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name, path
+        raise DlrunError(f"{path}: no best.pt or last.pt in this folder; pass a run directory or a checkpoint")
+    raise DlrunError(f"{path}: no such run directory or checkpoint")
+
+
+def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = None, device: str = "auto",
+                        batch_size: int | None = None, dataset_overrides: list[str] = (), trust: bool = False) -> dict:
+    ckpt_path, run_dir = find_checkpoint(path)
+    state = checkpoint.load(ckpt_path)  # weights_only=True: a tampered file is refused before anything runs
+    cfg = OmegaConf.create(state["config"])  # YAML through a safe loader: data only
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    check_targets(model_cfg, trust)
+    if dataset is not None:
+        cfg.dataset = compose_config("train", [f"dataset={dataset}"]).dataset
+    if dataset_overrides:
+        cfg.dataset = OmegaConf.merge(cfg.dataset, OmegaConf.from_dotlist(list(dataset_overrides)))
+    if batch_size is not None:
+        cfg.trainer.eval_batch_size = batch_size
+    data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)  # the seeded val split of training
+    classes, in_shape = list(state["classes"]), tuple(state["in_shape"])
+    if tuple(data.in_shape) != in_shape or data.num_classes != len(classes):
+        raise ConfigError("dataset", cfg.dataset.name, f"is not compatible with {ckpt_path}: its inputs are "
+                          f"{tuple(data.in_shape)} with {data.num_classes} classes, the model takes {in_shape} "
+                          f"with {len(classes)} classes")
+    # The model learned on inputs normalised with its training set's statistics: keep them.
+    data.mean, data.std = tuple(state["mean"]), tuple(state["std"])
+    dev = resolve_device(OmegaConf.create({"type": device, "index": None}))
+    model = rebuild_model(model_cfg, state, ckpt_path, in_shape, len(classes), trust).to(dev)
+    amp = Precision(cfg.trainer.get("precision", "32"), dev, model)  # as the run evaluated: same numbers
+    if cfg.trainer.get("channels_last", False) and len(in_shape) == 3:
+        model.to(memory_format=torch.channels_last)
+    cfg.trainer.batch_size = cfg.trainer.eval_batch_size
+    cfg.trainer.limit_batches, cfg.trainer.overfit_batches = None, 0  # the whole split, whatever the run used
+    _, val_loader, test_loader = make_loaders(data, cfg, dev)
+    stats, cm = evaluate(model, val_loader if split == "val" else test_loader, nn.CrossEntropyLoss(),
+                         classification_metrics(len(classes)).to(dev), confusion_matrix(len(classes)).to(dev), amp)
+    result = {"checkpoint": str(ckpt_path), "epoch": state["epoch"], "dataset": cfg.dataset.name, "split": split,
+              "samples": int(cm.sum()), "device": str(dev), "precision": amp.name, split: to_floats(stats)}
+    out = run_dir / "eval" / f"{cfg.dataset.name}-{split}-{ckpt_path.stem}"
+    write_eval(out, result, cm, classes, f"{cfg.dataset.name} {split}")
+    console = Console()
+    console.summary(f"{ckpt_path} (epoch {state['epoch']}) on {cfg.dataset.name} {split}, {result['samples']} samples",
+                    {split: result[split]})
+    console.print(f"eval saved in {out}")
+    return result
+
+
+def rebuild_model(model_cfg: dict, state: dict, ckpt_path: Path, in_shape, num_classes: int, trust: bool) -> nn.Module:
+    """The run's model from its saved config, with the checkpoint's weights."""
+    if "weights" in model_cfg:
+        model_cfg["weights"] = "none"  # the checkpoint holds every weight; no download, no weights file
+    if not trust:
+        _check_module_class(model_cfg.get("_target_"))
+    # Not recursive: a nested `_target_` stays data, so only the model's own class is ever called.
+    model = make_model(model_cfg, in_shape, num_classes, recursive=trust)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise DlrunError(f"{ckpt_path}: its weights do not fit the model its config describes "
+                         f"({str(err).splitlines()[0]})") from err
+    return model
+
+
+def write_eval(out: Path, result: dict, cm, classes: list[str], title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", result)
+    write_csv(out / "classification_report.csv", *classification_report(cm, classes))
+    write_confusion_csv(out / "confusion_matrix.csv", cm, classes)
+    figures.save_figure(figures.confusion_figure(cm, classes, title), out / "confusion_matrix.png")
+
+
+def _check_module_class(target) -> None:
+    obj = locate("model._target_", target, "model class")
+    if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
+        raise ConfigError("model._target_", target, "must be a torch.nn.Module class to be rebuilt without "
+                          "--trust-config")

@@ -1,0 +1,151 @@
+"""`dlrun train`: the Hydra app that composes the config and runs the task, one run or a sweep.
+
+Nothing here imports torch: `dlrun train --help` and `--cfg job` stay fast. The task imports the
+engine when a job actually runs."""
+
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+
+from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.core.io import read_json, read_yaml
+from dlrun.core.text import override_key, quote_override
+
+# Flags with which Hydra shows something (help, the config, completion) and runs no job.
+SHOW_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version")
+
+
+class SweepFailed(DlrunError):
+    exit_code = 1
+
+
+@dataclass
+class Launched:
+    """What `dlrun train` ran: the run directory of a single run, or the sweep directory and its summary."""
+
+    run_dirs: list[Path] = field(default_factory=list)
+    sweep_dir: Path | None = None
+    summary: dict | None = None  # summary.json of the sweep
+
+
+def run_train_app(args: list[str], verbose: bool = False) -> Launched:
+    """Compose the config from `args` (as `dlrun train ARGS` takes them) and run it, in this process."""
+    if any(a.startswith("resume=") and a != "resume=null" for a in args):
+        if any(a in ("-m", "--multirun") for a in args):
+            raise DlrunError("resume=: continues one run; to continue a sweep, run the same sweep command again")
+        args = resume_args(args, Path.cwd())  # the run's own overrides, into its own directory
+    launched, failures = Launched(), []
+    with tempfile.TemporaryDirectory(prefix="dlrun-") as tmp:
+        report = Path(tmp) / "sweep.json"
+        if not any(a.split("=", 1)[0] in SHOW_FLAGS for a in args):
+            args = [*args, f"hydra.callbacks.sweep_summary.report={quote_override(str(report))}"]
+        with _argv(args), _env(HYDRA_FULL_ERROR="1"):  # Hydra re-raises errors instead of exiting
+            _hydra_app(launched, failures, verbose)()
+        if failures:
+            raise failures[0]
+        outcome = read_json(report)
+    if outcome:
+        check_sweep(outcome, launched)
+    return launched
+
+
+def _hydra_app(launched: Launched, failures: list, verbose: bool):
+    """The Hydra app around the task; the task records what it ran in `launched` and `failures`."""
+
+    @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
+    def train(cfg):
+        from dlrun.app import job  # the boundary: torch and the engine load only when a job runs
+
+        ctx = job.context()
+        if not ctx.is_sweep:
+            launched.run_dirs.append(ctx.run_dir)
+        try:
+            return job.run_job(cfg, ctx, verbose)
+        except Exception as err:
+            if ctx.is_sweep:
+                raise
+            # A single run's error is re-raised outside Hydra, which would otherwise print its own
+            # "Error executing job" line first.
+            failures.append(err)
+
+    return train
+
+
+def check_sweep(outcome: dict, launched: Launched) -> None:
+    """A sweep whose summary failed, or in which any job did not finish, exits non-zero after its summary."""
+    if outcome.get("error"):
+        raise DlrunError(outcome["error"])
+    launched.sweep_dir = Path(outcome["sweep_dir"])
+    launched.summary = read_json(launched.sweep_dir / "summary.json")
+    failed, rows = launched.summary.get("failed", []), launched.summary.get("rows", [])
+    if failed:
+        raise SweepFailed(f"{len(failed)} of {len(rows)} jobs did not finish ({', '.join(failed)}); "
+                          f"see {launched.sweep_dir / 'summary.md'}")
+
+
+@contextlib.contextmanager
+def _argv(args: list[str]):
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "dlrun", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ---- `dlrun train resume=PATH|latest`: which run, and the command line that continues it ----
+
+def find_run(spec: str, cwd: Path) -> Path:
+    """The run directory that `resume=SPEC` names: a run directory, its last.pt, or `latest`."""
+    if spec == "latest":
+        found = sorted((cwd / "outputs").glob("**/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError("resume", spec, f"no run with a last.pt under {cwd / 'outputs'}; pass its directory")
+        return found[-1].parent.resolve()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise ConfigError("resume", spec, "must be a run directory, its last.pt, or latest")
+    if not (path / "last.pt").is_file():
+        raise ConfigError("resume", spec, "has no last.pt to continue from: the run stopped before its first "
+                          "checkpoint, so start it again")
+    return path.resolve()
+
+
+def resume_args(args: list[str], cwd: Path) -> list[str]:
+    """`dlrun train resume=X [KEY=VALUE...]` -> the run's own overrides, then the new ones, into its directory."""
+    from dlrun.engine.checkpoint import load  # torch, only when resuming
+
+    spec = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
+    run_dir = find_run(spec, cwd)
+    # last.pt's copy of the overrides: written atomically, unlike Hydra's .hydra/overrides.yaml
+    saved = load(run_dir / "last.pt").get("overrides")
+    if saved is None:
+        saved = read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    merged = {}
+    for override in [*saved, *(a for a in args if not a.startswith("resume="))]:
+        key = override_key(override)
+        if key not in ("resume", "hydra.run.dir"):
+            merged[key] = override
+    quoted = quote_override(str(run_dir))
+    return [*merged.values(), f"resume={quoted}", f"hydra.run.dir={quoted}"]

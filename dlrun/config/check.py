@@ -1,0 +1,132 @@
+"""Checks on the composed config, run before any work: a bad value is one ConfigError naming the key,
+the value and what is allowed, never a traceback from deep inside a run.
+
+Cheapest first: the keys every run needs, a rule per key (types and ranges), combinations of keys,
+then the `_target_` names (with the closest valid name for a typo). The dry build of the model,
+initializer and optimizer on the meta device comes after these, in dlrun.engine.build."""
+
+import contextlib
+import importlib
+import inspect
+import logging
+
+from hydra.utils import get_object
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dlrun.config.schema import REQUIRED, SCHEMA, Rule
+from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.core.nested import lookup
+from dlrun.core.text import did_you_mean, show_value
+
+# What each `_target_` must be: the key, what kind of thing, and a test on the located object.
+TARGETS = {
+    "model": ("model class", callable),
+    "optimizer": ("optimizer (a torch.optim.Optimizer class)", lambda obj: _is_subclass(obj, "torch.optim", "Optimizer")),
+    "initializer.fn": ("initialisation function", callable),
+    "scheduler.fn": ("lr scheduler", callable),
+}
+
+
+def check_config(cfg) -> dict:
+    """Raise ConfigError for the first value in `cfg` that is not allowed; return the config as plain values."""
+    values = resolve(cfg)
+    for key in REQUIRED:
+        if not lookup(values, key)[0]:
+            raise DlrunError(f"{key}: missing from the config, and every run needs it (removed with ~{key.split('.')[0]}?)")
+    check_rules(values, SCHEMA, per_block="channels" in (values.get("model") or {}))
+    _check_combinations(values)
+    for key, (kind, test) in TARGETS.items():
+        found, node = lookup(values, key)
+        if found and isinstance(node, dict) and "_target_" in node:
+            locate(f"{key}._target_", node["_target_"], kind, test)
+    return values
+
+
+def check_rules(values: dict, rules: dict[str, Rule], per_block: bool = False) -> None:
+    """Each rule on the value of its key, where `values` has the key. `per_block`: a CNN, whose block
+    options may be lists with one value per block."""
+    for key, rule in rules.items():
+        found, value = lookup(values, key)
+        if found:
+            problem = (rule if per_block else getattr(rule, "scalar", rule))(value)
+            if problem:
+                raise ConfigError(key, show_value(value), problem)
+
+
+def _check_combinations(values: dict) -> None:
+    opt = values.get("optimizer") or {}
+    if opt.get("nesterov") and (not opt.get("momentum") or opt.get("dampening")):
+        raise ConfigError("optimizer.nesterov", "true", f"needs optimizer.momentum > 0 and optimizer.dampening=0 "
+                          f"(they are {show_value(opt.get('momentum'))} and {show_value(opt.get('dampening', 0))})")
+    clip = (values.get("trainer") or {}).get("grad_clip") or {}
+    if clip.get("max_norm") is not None and clip.get("max_value") is not None:
+        raise ConfigError("trainer.grad_clip", show_value(clip), "set max_norm or max_value, not both")
+
+
+def locate(key: str, target, kind: str, test=callable):
+    """The object a `_target_` names; a ConfigError with the closest valid name when there is none."""
+    if not isinstance(target, str) or not target:
+        raise ConfigError(key, show_value(target), f"must be the dotted name of {_a(kind)}")
+    try:
+        with _quiet("hydra.utils"):  # get_object logs its failure as an error before raising it
+            obj = get_object(target)
+    except Exception:
+        module_name, _, _ = target.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+            names = [f"{module_name}.{n}" for n in dir(module) if not n.startswith("_")]
+        except Exception:
+            names = []
+        raise ConfigError(key, target, f"no such {kind}{did_you_mean(target, names)}") from None
+    if not test(obj):
+        raise ConfigError(key, target, f"is not {_a(kind)}")
+    return obj
+
+
+def check_arguments(group: str, target, node: dict, supplied=(), skip_first: bool = False) -> None:
+    """Every key of a group must be an argument of its `_target_`: a typo names the closest one."""
+    try:
+        params = dict(inspect.signature(locate(f"{group}._target_", target, "callable")).parameters)
+    except (TypeError, ValueError):  # builtins without a signature
+        return
+    if skip_first and params:
+        params.pop(next(iter(params)))
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n in params if n not in ("self", *supplied)]
+    for key, value in node.items():
+        if not (key.startswith("_") and key.endswith("_")) and key not in params:
+            raise ConfigError(f"{group}.{key}", show_value(value), f"is not an argument of {target}"
+                              f"{did_you_mean(key, names)} (its arguments: {', '.join(names) or 'none'})")
+
+
+def resolve(cfg) -> dict:
+    """The config as plain Python values, with every ${...} resolved; a broken one names its key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raw = lookup(OmegaConf.to_container(cfg, resolve=False), key)[1]
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(key, raw, f"cannot be resolved ({message})") from None
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _is_subclass(obj, module: str, name: str) -> bool:
+    base = getattr(importlib.import_module(module), name)
+    return inspect.isclass(obj) and issubclass(obj, base)

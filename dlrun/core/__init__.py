@@ -1,0 +1,3 @@
+"""What every layer may use: errors, text helpers, atomic file I/O and where this process stands among ranks.
+
+Nothing here imports another part of dlrun, torch, or anything slow."""

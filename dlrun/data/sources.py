@@ -1,0 +1,521 @@
+"""Datasets as uint8 tensors: each source's files read once, through torchvision's dataset classes.
+
+Every dataset that fits in memory is decoded once into `Split`s: uint8 images (N, C, H, W), or
+float features (N, D) for the generated 2-D sets, with int64 labels. Decoded images are cached
+beside their files (`dlrun-uint8.pt`), so later runs skip the decoding. `DeviceLoader` moves a
+split to the device once, shuffles indices there each epoch, and converts, augments and
+normalises each batch on the device: no per-sample Python and no worker processes.
+
+`image_folder` (a user's own image files, possibly larger than memory) reads its files through
+a torch DataLoader with worker processes instead; `FileLoader` serves it behind the same batch
+interface, so the batches reach the training loop in the same form.
+"""
+
+import contextlib
+import functools
+import gzip
+import logging
+import math
+import os
+import pickle
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlrun.core.errors import ConfigError, DataError
+from dlrun.core.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "dlrun-uint8.pt"
+CACHE_FORMAT = 1
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 images (N, C, H, W), or float32 features (N, D)
+    y: torch.Tensor  # int64 labels, (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.x[index], self.y[index])
+
+
+class FileSplit:
+    """Part of an ImageFolder, read from disk batch by batch: the labels are in memory, the images are not."""
+
+    def __init__(self, folder, indices=None):
+        self.folder = folder
+        self.indices = torch.arange(len(folder.targets)) if indices is None else indices
+        self.y = torch.as_tensor(folder.targets, dtype=torch.long)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, index: torch.Tensor) -> "FileSplit":
+        return FileSplit(self.folder, self.indices[index])
+
+
+@dataclass
+class Data:
+    train: Split | FileSplit
+    val: Split | FileSplit
+    test: Split | FileSplit
+    classes: list[str]
+    mean: tuple[float, ...]  # per channel, or per feature
+    std: tuple[float, ...]
+    in_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for features
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_data(cfg, seed: int, val_fraction: float) -> Data:
+    """Build the train/val/test splits for `cfg` (the `dataset` config group)."""
+    if cfg.name == "image_folder":
+        return _load_image_folder(cfg, seed, val_fraction)
+    if cfg.name not in SOURCES:
+        raise ConfigError("dataset.name", cfg.name, f"must be one of {', '.join([*SOURCES, 'image_folder'])}")
+    train, test, classes = SOURCES[cfg.name].load(cfg)
+    if cfg.get("resize") and train.x.dim() == 4:
+        size = _size_option(cfg.resize)
+        train, test = Split(_resize(train.x, size), train.y), Split(_resize(test.x, size), test.y)
+    normalize = cfg.get("normalize", "dataset")
+    if normalize not in ("dataset", "imagenet"):
+        raise ConfigError("dataset.normalize", normalize, "must be dataset (its own mean and std) or imagenet")
+    mean, std = _imagenet_stats(train.x.shape[1]) if normalize == "imagenet" else _stats(train.x)
+    train, val = _split_off(train, val_fraction, seed)
+    data = Data(train, val, test, classes, mean, std, tuple(train.x.shape[1:]))
+    expected = known_shape(cfg)
+    if expected is not None and (data.in_shape, data.num_classes) != expected:
+        raise DataError(f"dataset.root={cfg.get('root')}: {cfg.name} has inputs {data.in_shape} in {data.num_classes} "
+                        f"classes, not {expected[0]} in {expected[1]}: the files are not {cfg.name}'s")
+    return data
+
+
+def known_shape(dataset) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, class count) of a dataset config, known before loading it, or None (an image folder's
+    shape is known only from its files). Checks use it, so that a model that cannot take the data fails
+    before any data is read or downloaded."""
+    source = SOURCES.get(dataset.get("name"))
+    if source is None:
+        return None
+    shape, num_classes = source.in_shape, dataset.get("num_classes", source.num_classes)
+    resize = dataset.get("resize")
+    if resize and len(shape) == 3:
+        shape = (shape[0], *_size_option(resize))
+    return tuple(shape), num_classes
+
+
+def _split_off(split, fraction: float, seed: int):
+    """Split off a seeded random `fraction` of `split` as a held-out part."""
+    n_out = max(1, round(len(split) * fraction))
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(perm[n_out:].sort().values), split.subset(perm[:n_out].sort().values)
+
+
+def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std per channel of uint8 images (in [0, 1] units), or per feature of float features."""
+    if x.is_floating_point():
+        return tuple(x.mean(0).tolist()), tuple(x.std(0).clamp_min(1e-6).tolist())
+    # A histogram per channel gives exact moments without a float copy of the whole set.
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        m = (counts * values).sum() / counts.sum()
+        mean.append(m.item())
+        std.append(max(((counts * (values - m) ** 2).sum() / counts.sum()).sqrt().item(), 1e-6))
+    return tuple(mean), tuple(std)
+
+
+def _imagenet_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    # Grey images: the ImageNet statistics of the channels' average.
+    return (sum(IMAGENET_MEAN) / 3,) * channels, (sum(IMAGENET_STD) / 3,) * channels
+
+
+def _size_option(value) -> tuple[int, int]:
+    size = [value, value] if isinstance(value, int) else list(value) if value is not None else []
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+        raise ConfigError("dataset.resize", value, "must be null, a size in pixels (32) or [height, width]")
+    return int(size[0]), int(size[1])
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:
+    """Resize uint8 images once at load time, in chunks so that no float copy of the whole set exists."""
+    if tuple(x.shape[2:]) == size:
+        return x
+    out = torch.empty(len(x), x.shape[1], *size, dtype=torch.uint8)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].float()
+        part = F.interpolate(part, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _check_root(root: str) -> Path:
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError("dataset.root", root, "must be a directory, but it is a file")
+    return path
+
+
+# Decoded tensors are cached beside the files they came from, or under ~/.cache/dlrun when that
+# folder is read-only; a cache is used only while its sources keep their sizes and mtimes.
+
+
+def _cache_paths(folder: Path) -> list[Path]:
+    mangled = str(folder.resolve()).strip("/").replace("/", "_")
+    return [folder / CACHE_NAME, Path.home() / ".cache" / "dlrun" / mangled / CACHE_NAME]
+
+
+def _cached(folder: Path, sources: list[Path], decode) -> dict:
+    """`decode()`'s dict of tensors, from the cache when it matches `sources`; written to the cache otherwise."""
+    stamp = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sources}
+    paths = _cache_paths(folder)
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            blob = torch.load(path, weights_only=True, mmap=True)
+        except Exception as err:  # a cache cut short by a crash or a full disk: decode again
+            log.warning("ignoring the unreadable cache %s (%s)", path, type(err).__name__)
+            continue
+        if isinstance(blob, dict) and blob.get("format") == CACHE_FORMAT and blob.get("sources") == stamp:
+            log.info("decoded tensors read from %s", path)
+            return blob
+    blob = {**decode(), "format": CACHE_FORMAT, "sources": stamp}
+    for path in paths:
+        if path.parent.exists() and not _writable(path.parent):
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: torch.save(blob, f))
+            log.info("decoded tensors cached in %s", path)
+            return blob
+        except OSError as err:  # read-only or full: try the next place
+            with contextlib.suppress(OSError):
+                path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+            log.info("cannot cache in %s: %s", path.parent, err.strerror or err)
+    log.warning("decoded tensors not cached: no writable folder among %s", ", ".join(str(p.parent) for p in paths))
+    return blob
+
+
+def _writable(folder: Path) -> bool:
+    # The mode bits count even for root, who may write anywhere: a folder shared read-only stays untouched.
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def _load_digits(cfg) -> tuple[Split, Split, list[str]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16; scale them onto uint8 like every other image set.
+    x = torch.from_numpy(digits.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
+    y = torch.from_numpy(digits.target).long()
+    # digits has no official test split: hold one out with a fixed seed, whatever the run's seed.
+    train, test = _split_off(Split(x, y), cfg.test_fraction, cfg.split_seed)
+    return train, test, [str(i) for i in range(10)]
+
+
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+def _load_idx_set(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
+    """MNIST, FashionMNIST or KMNIST through torchvision: root/<class_name>/raw holds the IDX files, plain or .gz."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, class_name)
+    root = _check_root(cfg.root)
+    raw = root / class_name / "raw"
+
+    def missing() -> list[str]:
+        return [name for name in MNIST_FILES if not (raw / name).is_file() and not (raw / f"{name}.gz").is_file()]
+
+    if missing() and cfg.download:
+        _download(cls, root)
+    if missing():
+        raise DataError(
+            f"dataset.root={cfg.root}: {class_name} files not found; expected {', '.join(missing())} (plain or .gz) "
+            f"in {raw}{'' if cfg.download else ' (download is off: dataset.download=false)'}"
+        )
+    sources = [raw / name if (raw / name).is_file() else raw / f"{name}.gz" for name in MNIST_FILES]
+    blob = _cached(raw.parent, sources, lambda: _decode_idx(cls, raw, sources, cfg.root))
+    classes = [str(i) for i in range(10)] if class_name == "MNIST" else list(cls.classes)
+    return Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]), classes
+
+
+def _decode_idx(cls, raw: Path, sources: list[Path], root_option) -> dict:
+    """torchvision reads plain IDX files only: .gz files are unpacked into a temporary folder first."""
+    with tempfile.TemporaryDirectory(prefix="dlrun-") as tmp:
+        root = raw.parent.parent
+        if any(s.suffix == ".gz" for s in sources):
+            root = Path(tmp)
+            (root / cls.__name__ / "raw").mkdir(parents=True)
+            for name, source in zip(MNIST_FILES, sources):
+                _unpack(source, root / cls.__name__ / "raw" / name)
+        blob = {}
+        for train in (True, False):
+            stem = "train" if train else "t10k"
+            try:
+                ds = cls(str(root), train=train, download=False)
+            except Exception as err:  # torchvision raises asserts and numpy errors on bad files
+                raise DataError(
+                    f"dataset.root={root_option}: cannot read {cls.__name__}'s {stem}-*-ubyte files in {raw}: "
+                    f"the file is truncated or not an IDX file ({type(err).__name__}: {err})"
+                ) from err
+            if len(ds.data) != len(ds.targets):
+                raise DataError(f"dataset.root={root_option}: {cls.__name__} {stem} images and labels differ in length")
+            blob[f"{'train' if train else 'test'}_x"] = ds.data.unsqueeze(1).contiguous()
+            blob[f"{'train' if train else 'test'}_y"] = ds.targets.long()
+        return blob
+
+
+def _download(dataset_cls, root: Path) -> None:
+    """torchvision's own download, with its progress bar; one line when there is no network."""
+    try:
+        dataset_cls(str(root), train=True, download=True)
+        dataset_cls(str(root), train=False, download=True)
+    except Exception as err:
+        log.warning("download of %s failed: %s", dataset_cls.__name__, str(err).splitlines()[0])
+
+
+def _unpack(source: Path, dest: Path) -> None:
+    try:
+        opener = gzip.open if source.suffix == ".gz" else open
+        with opener(source, "rb") as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+    except (OSError, EOFError) as err:
+        if isinstance(err, PermissionError):
+            raise
+        raise DataError(f"{source}: the file is truncated or not gzip data ({err})") from err
+
+
+def _load_cifar(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
+    """CIFAR-10 or CIFAR-100 through torchvision, from the python pickle batches it downloads."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, class_name)
+    root = _check_root(cfg.root)
+    folder = root / cls.base_folder
+    names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+    def missing() -> list[str]:
+        return [name for name in names if not (folder / name).is_file()]
+
+    if missing() and cfg.download:
+        _download(cls, root)
+    if missing():
+        raise DataError(
+            f"dataset.root={cfg.root}: {class_name} files not found; expected {', '.join(missing())} in {folder}"
+            f"{'' if cfg.download else ' (download is off: dataset.download=false)'}"
+        )
+    blob = _cached(folder, [folder / name for name in names], lambda: _decode_cifar(cls, root, folder, names))
+    return Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]), list(blob["classes"])
+
+
+def _decode_cifar(cls, root: Path, folder: Path, names: list[str]) -> dict:
+    # torchvision checks each file's MD5 before reading it; dlrun reports a bad file by name instead,
+    # so it reads through a subclass whose file lists carry no checksums (existence is still checked).
+    reader = type(cls.__name__, (cls,), {
+        "train_list": [[name, None] for name, _ in cls.train_list],
+        "test_list": [[name, None] for name, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None},
+    })
+    blob = {}
+    try:
+        for part in ("train", "test"):
+            ds = reader(str(root), train=part == "train", download=False)
+            blob[f"{part}_x"] = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            blob[f"{part}_y"] = torch.tensor(ds.targets, dtype=torch.long)
+            if len(blob[f"{part}_x"]) != len(blob[f"{part}_y"]):
+                raise ValueError(f"{part} images and labels differ in length")
+    except Exception as err:
+        raise DataError(f"{_bad_pickle(folder, names) or folder}: cannot read this {cls.__name__} batch: "
+                        f"the file is truncated or not a CIFAR pickle ({type(err).__name__}: {str(err)[:200]})") from err
+    blob["classes"] = list(ds.classes)
+    return blob
+
+
+def _bad_pickle(folder: Path, names: list[str]) -> Path | None:
+    """The first batch file that does not unpickle to a dict (torchvision's error does not say which)."""
+    for name in names:
+        try:
+            with open(folder / name, "rb") as f:
+                if not isinstance(pickle.load(f, encoding="latin1"), dict):
+                    return folder / name
+        except Exception:
+            return folder / name
+    return None
+
+
+
+
+def _load_toy(cfg) -> tuple[Split, Split, list[str]]:
+    """The course's 2-D sets, generated from `dataset.seed` (fixed by default, so every run sees the same points)."""
+    n, noise = cfg.n_samples, cfg.noise
+    if not isinstance(n, int) or n < 10:
+        raise ConfigError("dataset.n_samples", n, "must be an integer >= 10")
+    if not isinstance(noise, (int, float)) or noise < 0:
+        raise ConfigError("dataset.noise", noise, "must be a number >= 0")
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.name == "spiral":
+        k = cfg.num_classes
+        if not isinstance(k, int) or k < 2:
+            raise ConfigError("dataset.num_classes", k, "must be an integer >= 2")
+        x, y = _spiral(n, k, noise, rng)
+    elif cfg.name == "xor":
+        x, y = _xor(n, noise, rng)
+    else:
+        from sklearn import datasets
+
+        seed = int(rng.integers(2**31))
+        if cfg.name == "moons":
+            x, y = datasets.make_moons(n, noise=noise, random_state=seed)
+        else:
+            x, y = datasets.make_circles(n, noise=noise, factor=cfg.factor, random_state=seed)
+    split = Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
+    train, test = _split_off(split, cfg.test_fraction, cfg.seed)
+    return train, test, [str(i) for i in range(int(split.y.max()) + 1)]
+
+
+def _spiral(n: int, k: int, noise: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """K arms winding out from the centre (CS231n's spiral): radius grows along the arm, the angle is noisy."""
+    per_class = np.array_split(np.arange(n), k)
+    x, y = np.zeros((n, 2)), np.zeros(n, dtype=np.int64)
+    for j, idx in enumerate(per_class):
+        r = np.linspace(0.0, 1.0, len(idx))
+        t = np.linspace(j * 4, (j + 1) * 4, len(idx)) + rng.normal(size=len(idx)) * noise
+        x[idx] = np.c_[r * np.sin(t), r * np.cos(t)]
+        y[idx] = j
+    return x, y
+
+
+def _xor(n: int, noise: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Points around the four corners (+-1, +-1), as many at each; the class is 1 where the two signs differ."""
+    corner = rng.permutation(np.arange(n) % 4)
+    corners = np.stack([corner // 2, corner % 2], 1) * 2 - 1
+    x = corners + rng.normal(size=(n, 2)) * noise
+    return x, (corners[:, 0] != corners[:, 1]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset held in memory: its loader (cfg -> train, test, classes), and the shape of one input and
+    the class count before any resize (spiral's class count is its config's num_classes)."""
+
+    load: Callable
+    in_shape: tuple[int, ...]
+    num_classes: int
+
+
+SOURCES: dict[str, Source] = {
+    "digits": Source(_load_digits, (1, 8, 8), 10),
+    "mnist": Source(functools.partial(_load_idx_set, class_name="MNIST"), (1, 28, 28), 10),
+    "fashion_mnist": Source(functools.partial(_load_idx_set, class_name="FashionMNIST"), (1, 28, 28), 10),
+    "kmnist": Source(functools.partial(_load_idx_set, class_name="KMNIST"), (1, 28, 28), 10),
+    "cifar10": Source(functools.partial(_load_cifar, class_name="CIFAR10"), (3, 32, 32), 10),
+    "cifar100": Source(functools.partial(_load_cifar, class_name="CIFAR100"), (3, 32, 32), 100),
+    "spiral": Source(_load_toy, (2,), 3),
+    "xor": Source(_load_toy, (2,), 2),
+    "moons": Source(_load_toy, (2,), 2),
+    "circles": Source(_load_toy, (2,), 2),
+}
+
+
+def _load_image_folder(cfg, seed: int, val_fraction: float) -> Data:
+    """A user's images in root/<class>/*, or in root/train/<class>/* with val/ and test/ beside train/."""
+    from torchvision.datasets import ImageFolder
+
+    root = _check_root(cfg.root)
+    layout = "root/<class>/*.png|jpg, or root/train/<class>/... with optional val/ and test/ beside it"
+    if not root.is_dir():
+        raise DataError(f"dataset.root={cfg.root}: no such folder; image_folder reads {layout}")
+    if cfg.channels not in (1, 3):
+        raise ConfigError("dataset.channels", cfg.channels, "must be 1 (greyscale) or 3 (RGB)")
+    size = _size_option(cfg.resize) if cfg.resize is not None else None
+    reader = ImageReader("L" if cfg.channels == 1 else "RGB", size)
+
+    def folder(path: Path) -> FileSplit:
+        try:
+            return FileSplit(ImageFolder(str(path), loader=reader))
+        except FileNotFoundError as err:  # no class folders, or no image files in them
+            raise DataError(f"dataset.root={cfg.root}: {err} (image_folder reads {layout})") from err
+
+    if (root / "train").is_dir():
+        train = folder(root / "train")
+        given = {name: folder(root / name) for name in ("val", "test") if (root / name).is_dir()}
+        for name, part in given.items():
+            if part.folder.classes != train.folder.classes:
+                raise DataError(f"{root / name}: its class folders ({', '.join(part.folder.classes)}) differ from "
+                                f"those of {root / 'train'} ({', '.join(train.folder.classes)})")
+        test = given.get("test")
+        if test is None:
+            train, test = _split_off(train, cfg.test_fraction, cfg.split_seed)
+        val = given.get("val")
+        if val is None:
+            train, val = _split_off(train, val_fraction, seed)
+    else:
+        train, test = _split_off(folder(root), cfg.test_fraction, cfg.split_seed)
+        train, val = _split_off(train, val_fraction, seed)
+
+    if size is None:  # no resize: every image must have the first one's size, so that batches stack
+        reader.expected = tuple(reader(train.folder.samples[int(train.indices[0])][0]).shape[1:])
+    in_shape = (cfg.channels, *(size or reader.expected))
+    if cfg.normalize == "imagenet":
+        mean, std = _imagenet_stats(cfg.channels)
+    elif cfg.normalize == "dataset":
+        # The statistics of a seeded sample of training images: reading every file would cost a whole epoch.
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
+        mean, std = _stats(torch.stack([train.folder[int(train.indices[i])][0] for i in pick]))
+    else:
+        raise ConfigError("dataset.normalize", cfg.normalize, "must be imagenet or dataset")
+    return Data(train, val, test, list(train.folder.classes), mean, std, in_shape)
+
+
+class ImageReader:
+    """Read one image file as a uint8 (C, H, W) tensor; a bad file is a DataError that names it.
+
+    It runs in the DataLoader's worker processes, so it is a plain class that pickles."""
+
+    def __init__(self, mode: str, size: tuple[int, int] | None):
+        self.mode, self.size = mode, size
+        self.expected: tuple[int, int] | None = None
+
+    def __call__(self, path: str) -> torch.Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                img = img.convert(self.mode)
+                if self.size is not None:
+                    img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                array = np.array(img)
+        except Exception as err:
+            raise DataError(f"{path}: cannot read this image: the file is truncated or not an image "
+                            f"({type(err).__name__}: {err})") from None
+        if self.size is None and self.expected is not None and array.shape[:2] != self.expected:
+            raise DataError(f"{path}: {array.shape[1]}x{array.shape[0]} pixels, but the first image has "
+                            f"{self.expected[1]}x{self.expected[0]}; set dataset.resize to give them one size")
+        tensor = torch.from_numpy(array)
+        return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+

@@ -1,0 +1,298 @@
+"""One training run, top to bottom: build it from the config, resume it if asked, fit it epoch by
+epoch keeping the best, test the best epoch's weights, and report.
+
+The engine knows nothing of Hydra's runtime: the app hands it the composed config and a RunContext
+(the run directory, the overrides, whether it is a job of a sweep), so a run can start from the
+command line, from a notebook or from a test alike."""
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dlrun.core.ranks import is_main, world_size
+from dlrun.data import Data, load_data, make_loaders
+from dlrun.engine import checkpoint, ddp, faults
+from dlrun.engine.build import Built, build, check
+from dlrun.engine.optim import EarlyStopping, Regime, Schedule
+from dlrun.engine.precision import Precision, resolve_device, seed_everything
+from dlrun.engine.state import LoopState, StepLog
+from dlrun.engine.steps import evaluate, to_floats, train_one_epoch
+from dlrun.model import count_parameters
+from dlrun.model.initializers import describe as describe_init
+from dlrun.observe.console import Console
+from dlrun.observe.metrics import classification_metrics, confusion_matrix
+from dlrun.observe.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """What the app knows of a run and the engine needs: where it writes, how it was asked for."""
+
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)  # the command line's overrides, kept in last.pt for resume
+    is_sweep: bool = False                              # a diverged job of a sweep returns; a single run raises
+
+
+@dataclass
+class Parts:
+    """Everything one run trains and measures with, built once before the first epoch."""
+
+    data: Data
+    built: Built
+    device: torch.device
+    amp: Precision
+    train_model: torch.nn.Module  # DDP or compiled around built.model, or the model itself
+    loaders: tuple               # train, val, test
+    schedule: Schedule
+    regime: Regime
+    stopper: EarlyStopping
+    train_metrics: torch.nn.Module
+    eval_metrics: torch.nn.Module
+    confusion: torch.nn.Module
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        """The loader's random streams (data order, augmentation), which last.pt saves."""
+        train = self.loaders[0]
+        return [g for g in (getattr(train, "generator", None), getattr(train, "augment_generator", None))
+                if g is not None]
+
+
+def run(cfg, ctx: RunContext) -> float:
+    """Train one run in this process (one rank of several, or the only one); the monitored best value."""
+    console = Console()
+    check(cfg)
+    device = ddp.setup(cfg, resolve_device(cfg.device))
+    seed_everything(cfg.seed)
+    parts = build_parts(cfg, device)
+    resumed = checkpoint.load_for_resume(cfg, ctx.run_dir)  # None for a fresh run
+    if resumed and checkpoint.already_completed(resumed, ctx.run_dir, cfg.trainer.epochs):
+        console.print(f"{ctx.run_dir}: already completed {resumed['epoch']} epochs; nothing to do "
+                      f"(pass trainer.epochs=N to train longer)")
+        return resumed["best"]["value"]
+    state = resume(cfg, parts, resumed, console, ctx.run_dir)
+    tracker = open_tracker(cfg, parts, ctx.run_dir, resumed)
+    announce(cfg, parts, console, ctx.run_dir)
+    if not resumed:
+        save_last(cfg, parts, state, tracker, ctx, epoch=0, history=[], stop=False)  # a first epoch stopped can resume
+    outcome = fit_and_test(cfg, parts, state, tracker, console, ctx)
+    return report(cfg, outcome, state, console, ctx)
+
+
+def build_parts(cfg, device: torch.device) -> Parts:
+    trainer = cfg.trainer
+    with ddp.local_main_first():  # one process per machine downloads and unpacks
+        data = load_data(cfg.dataset, cfg.seed, trainer.val_fraction)
+    built = build(cfg, data.in_shape, data.num_classes, device, data.train.y)
+    amp = Precision(trainer.get("precision", "32"), device, built.model)
+    ddp.scale_lr(built.optimizer, trainer.get("scale_lr", False))
+    train_model = ddp.wrap(built.model, device, cfg.seed)  # DDP with several ranks; built.model evaluates and saves
+    if trainer.get("compile", False):
+        train_model = torch.compile(train_model)  # training steps only: built.model stays plain
+    loaders = make_loaders(data, cfg, device, **ddp.shard())  # each rank its part; trainer.batch_size is per rank
+    schedule = Schedule(cfg.scheduler, built.optimizer, trainer.epochs, len(loaders[0]))
+    return Parts(
+        data, built, device, amp, train_model, loaders, schedule,
+        regime=Regime(trainer, built.model, schedule, cfg.logging.grad_norm),
+        stopper=EarlyStopping(trainer.early_stopping),
+        train_metrics=classification_metrics(data.num_classes).to(device),
+        eval_metrics=classification_metrics(data.num_classes).to(device),
+        confusion=confusion_matrix(data.num_classes).to(device),
+    )
+
+
+def resume(cfg, parts: Parts, resumed: dict | None, console: Console, run_dir: Path) -> LoopState:
+    """The loop's starting state: fresh, or where last.pt left off with every stream restored."""
+    if not resumed:
+        return LoopState(cfg.trainer.mode)
+    # Several ranks keep their own dropout and augmentation streams: restore only the data order there.
+    checkpoint.restore(resumed, parts.built.model, parts.built.optimizer, parts.schedule, parts.stopper,
+                       parts.generators, streams=world_size() == 1)
+    console.print(f"resuming from epoch {resumed['epoch']} (step {resumed['step']}) of {run_dir}")
+    return LoopState.resumed(cfg.trainer.mode, resumed, cfg.trainer.epochs)
+
+
+def open_tracker(cfg, parts: Parts, run_dir: Path, resumed: dict | None) -> Tracker:
+    total, trainable = count_parameters(parts.built.model)
+    info = {
+        "run_dir": str(run_dir),
+        "model": type(parts.built.model).__name__,
+        "dataset": cfg.dataset.name,
+        "device": str(parts.device),
+        "precision": parts.amp.name,
+        "world_size": world_size(),
+        "seed": cfg.seed,
+        "parameters": {"total": total, "trainable": trainable},
+        "monitor": cfg.trainer.monitor,
+        **({"resumed_from": {"epoch": resumed["epoch"], "step": resumed["step"]}} if resumed else {}),
+    }
+    tracker = Tracker(run_dir, cfg, parts.data.classes, info=info, resume=resumed)
+    if not resumed:
+        tracker.log_graph(parts.built.model, torch.zeros(1, *parts.data.in_shape, device=parts.device))
+    return tracker
+
+
+def announce(cfg, parts: Parts, console: Console, run_dir: Path) -> None:
+    data, model = parts.data, parts.built.model
+    total, trainable = count_parameters(model)
+    console.print(
+        f"dlrun: {type(model).__name__} on {cfg.dataset.name} ({len(data.train)} train / {len(data.val)} val / "
+        f"{len(data.test)} test, input {tuple(data.in_shape)}, {data.num_classes} classes) on {parts.device}, "
+        f"{parts.amp.name}"
+    )
+    console.print(f"model: {total:,} parameters ({trainable:,} trainable); run dir: {run_dir}")
+    log.info("model:\n%s", model)
+    log.info("initializer: %s; applied to: %s", describe_init(parts.built.init_fn, cfg.initializer.zero_bias),
+             ", ".join(parts.built.initialized) or "nothing")
+
+
+@dataclass
+class Outcome:
+    status: str                  # completed or diverged (interruptions and errors are raised)
+    best: dict | None = None     # the best epoch's val metrics
+    test: dict | None = None
+    diverged: faults.Diverged | None = None
+
+
+def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console: Console, ctx: RunContext) -> Outcome:
+    """The epochs, then the test of the best epoch; the run's files are closed with its status whatever happens."""
+    # Several ranks would stop at different steps and wait on each other: there, signals stop at once.
+    signals = faults.StopSignals() if world_size() == 1 else None
+    steps = StepLog(state, tracker, console, cfg.trainer.log_every_n_steps, signals)
+    status = "failed"
+    try:
+        with console.training(cfg.trainer.epochs), signals or contextlib.nullcontext():
+            fit(cfg, parts, state, steps, tracker, console, ctx)
+        outcome = test(parts, state, tracker, ctx.run_dir)
+        status = "completed"
+    except faults.Diverged as err:
+        status = "diverged"
+        tracker.save_metrics(diverged={**err.details, "last_epoch": tracker.history[-1] if tracker.history else None})
+        outcome = Outcome("diverged", diverged=err)
+    except faults.Interrupted as err:
+        status = "interrupted"
+        with contextlib.suppress(Exception):
+            steps.flush()  # the curves up to the interrupt (a resume replaces those past last.pt)
+        tracker.save_metrics(interrupted={"signal": err.signal, "step": err.step, "epoch": err.epoch,
+                                          "last_pt_epoch": state.saved_epoch})
+        raise err.with_resume_hint(ctx.run_dir, state.saved_epoch) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        status = "interrupted"
+        raise
+    except torch.cuda.OutOfMemoryError as err:
+        raise faults.out_of_memory(err, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, parts.device) from err
+    finally:
+        close_tracker(tracker, status)
+    return outcome
+
+
+def close_tracker(tracker: Tracker, status: str) -> None:
+    try:
+        tracker.close(status)
+    except OSError:
+        if status == "completed":
+            raise
+        log.warning("could not finish the run's files", exc_info=True)  # the run's own error matters more
+
+
+def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, console: Console,
+        ctx: RunContext) -> None:
+    """Train and evaluate epoch by epoch from state.start_epoch, saving best.pt and last.pt as it goes."""
+    trainer, (train_loader, val_loader, _) = cfg.trainer, parts.loaders
+    for epoch in range(state.start_epoch, trainer.epochs + 1):
+        state.epoch, start = epoch, time.time()
+        console.start_epoch(epoch, len(train_loader))
+        train_stats = train_one_epoch(parts.train_model, train_loader, parts.built.train_loss, parts.built.optimizer,
+                                      parts.regime, parts.train_metrics, steps.record, parts.amp)
+        steps.flush()
+        val_stats, val_cm = evaluate(parts.built.model, val_loader, parts.built.eval_loss, parts.eval_metrics,
+                                     parts.confusion, parts.amp)
+        row = epoch_row(epoch, train_stats, val_stats, parts.built.optimizer, start)
+        if not math.isfinite(row["val/loss"]):
+            raise faults.Diverged(state.step, epoch, row["val/loss"], state.last_finite, what="val loss")
+        improved = state.improves(row[trainer.monitor])
+        stop = parts.stopper.update(row)
+        parts.schedule.after_epoch(row)
+        if improved:
+            state.best_value, state.best_epoch = row[trainer.monitor], epoch
+            checkpoint.save(ctx.run_dir / "best.pt", parts.built.model, parts.built.optimizer, epoch, cfg, parts.data)
+        # last.pt is the commit point of the epoch: its steps' curves are on disk before it, and
+        # a resume re-logs from it whatever of the epoch a crash kept from reaching the files below.
+        tracker.writer.flush()
+        save_last(cfg, parts, state, tracker, ctx, epoch=epoch, history=[*tracker.history, row], stop=stop)
+        log_epoch(tracker, parts, state, row, val_cm, trainer.monitor)
+        console.epoch_row(row, trainer.epochs, improved)
+        if steps.signals is not None:
+            steps.signals.check(state.step, epoch)
+        if stop:
+            console.print(f"early stopping: {parts.stopper.monitor} has not improved by more than "
+                          f"{parts.stopper.min_delta} for {parts.stopper.patience} epochs "
+                          f"(best epoch {parts.stopper.best_epoch})")
+            break
+
+
+def epoch_row(epoch: int, train_stats: dict, val_stats: dict, optimizer, start: float) -> dict:
+    """One line of history.csv: the epoch's train and val metrics, its last lr and its time."""
+    row = {"epoch": epoch}
+    row.update({f"train/{k}": v for k, v in to_floats(train_stats).items()})
+    row.update({f"val/{k}": v for k, v in to_floats(val_stats).items()})
+    row["lr"] = optimizer.param_groups[0]["lr"]
+    row["time_s"] = round(time.time() - start, 3)
+    return row
+
+
+def log_epoch(tracker: Tracker, parts: Parts, state: LoopState, row: dict, val_cm, monitor: str) -> None:
+    tracker.log_epoch(row, val_cm)
+    tracker.log_model(parts.built.model, row["epoch"])
+    tracker.save_metrics(epochs_completed=row["epoch"], best={"epoch": state.best_epoch, monitor: state.best_value},
+                         early_stopping=parts.stopper.summary())
+
+
+def save_last(cfg, parts: Parts, state: LoopState, tracker: Tracker, ctx: RunContext, epoch: int,
+              history: list[dict], stop: bool) -> None:
+    """last.pt: everything a resumed run needs to go on exactly as this one would."""
+    training = checkpoint.training_state(state.step, history, state.best, parts.schedule, parts.stopper,
+                                         parts.generators, time.time() - tracker.start)
+    checkpoint.save(ctx.run_dir / "last.pt", parts.built.model, parts.built.optimizer, epoch, cfg, parts.data,
+                    stopped=stop, overrides=list(ctx.overrides), **training)
+    state.saved_epoch = epoch
+
+
+def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Outcome:
+    """The best epoch's weights, reloaded from disk as a user would, on the test split."""
+    model = parts.built.model
+    if is_main():  # rank 0 reads best.pt, the other ranks get its weights from it
+        model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
+    ddp.broadcast_from_main(model)
+    test_stats, test_cm = evaluate(model, parts.loaders[2], parts.built.eval_loss, parts.eval_metrics,
+                                   parts.confusion, parts.amp)
+    test_metrics = to_floats(test_stats)
+    tracker.log_test(test_metrics, test_cm, state.best_epoch)
+    tracker.log_misclassified(model, parts.loaders[2], state.best_epoch)
+    best_row = tracker.history[state.best_epoch - 1]
+    best = {"epoch": state.best_epoch, **{k: v for k, v in best_row.items() if k.startswith("val/")}}
+    tracker.save_metrics(best=best)
+    return Outcome("completed", best=best, test=test_metrics)
+
+
+def report(cfg, outcome: Outcome, state: LoopState, console: Console, ctx: RunContext) -> float:
+    """The run's last lines; a diverged single run raises, a diverged sweep job returns so the sweep goes on."""
+    if outcome.diverged is not None:
+        console.print(f"run saved in {ctx.run_dir} (diverged at step {outcome.diverged.details['step']})")
+        if ctx.is_sweep:
+            return state.best_value if state.best_epoch else math.nan  # the sweep's summary shows the status
+        raise outcome.diverged
+    console.summary(
+        f"best epoch {state.best_epoch} by {cfg.trainer.monitor}",
+        {"val": {k[4:]: v for k, v in outcome.best.items() if k.startswith("val/")}, "test": outcome.test},
+    )
+    console.print(f"run saved in {ctx.run_dir}")
+    console.print(f"open it with: tensorboard --logdir {ctx.run_dir}")
+    return state.best_value

@@ -1,0 +1,216 @@
+"""Where a run's numbers go: TensorBoard event files, history.csv and metrics.json in the run directory."""
+
+import csv
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from dlrun.config.schema import METRIC_NAMES
+from dlrun.core import ranks
+from dlrun.core.io import write_csv, write_json
+from dlrun.core.nested import flatten
+from dlrun.observe import figures
+from dlrun.observe.tables import classification_report, markdown_table, write_confusion_csv
+
+log = logging.getLogger(__name__)
+
+HPARAM_METRICS = [f"{split}/{m}" for split in ("test", "val") for m in ("accuracy", "f1", "loss")]
+
+
+def hparam_values(cfg) -> dict:
+    """The config flattened to dotted keys, with values TensorBoard's HParams accepts (bool, number, text)."""
+    values = flatten({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "logging"})
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None):
+        """`resume`: last.pt's state when continuing a run (its history, step and wall time so far)."""
+        self.run_dir = Path(run_dir)
+        self.classes = classes
+        self.history: list[dict] = list(resume["history"]) if resume else []
+        self.start = time.time() - (resume["wall_time_s"] if resume else 0)
+        self.metrics = {"status": "running", **info}
+        # In a multi-process run only rank 0 writes; the others keep the same history in memory.
+        self.writes = ranks.is_main()
+        # Resuming, TensorBoard drops what the old event files hold after last.pt's step (the
+        # interrupted epoch's steps), so that the curves continue with no step twice.
+        purge = {"purge_step": resume["step"] + 1} if resume else {}
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), **purge) if self.writes else _NullWriter()
+        self.cfg = cfg
+        # A run stopped while testing has its test results in TensorBoard already: not a second time.
+        self.test_logged = False
+        if resume:
+            self._relog_missing_epochs()
+            finished = resume["epoch"] >= cfg.trainer.epochs or resume.get("stopped")
+            self.test_logged = bool(finished) and self.writes and _has_tag(self.run_dir, "test/loss")
+        self.writer.add_custom_scalars(
+            {
+                "Learning curves (train vs val)": {
+                    m: ["Multiline", [f"train/{m}", f"val/{m}"]] for m in METRIC_NAMES
+                },
+            }
+        )
+        if cfg.logging.hparams:
+            # Written into this run's own event file (not add_hparams, which makes a new
+            # timestamped run) so that each run is one run in TensorBoard and in the HParams tab.
+            exp, ssi, sei = hparams(hparam_values(cfg), {m: 0.0 for m in HPARAM_METRICS})
+            self._session_end = sei
+            for summary in (exp, ssi) if not resume else ():  # the first session wrote them
+                self.writer.file_writer.add_summary(summary)
+        self.save_metrics()
+
+    def log_steps(self, first_step: int, losses: list[float], lrs: list[float], grad_norms: list[float] | None = None):
+        for i, (loss, lr) in enumerate(zip(losses, lrs)):
+            self.writer.add_scalar("train/loss_step", loss, first_step + i)
+            self.writer.add_scalar("train/lr", lr, first_step + i)
+            if grad_norms:
+                self.writer.add_scalar("train/grad_norm", grad_norms[i], first_step + i)
+
+    def log_graph(self, model, example: torch.Tensor) -> None:
+        if not (self.writes and self.cfg.logging.graph):
+            return
+        was_training = model.training
+        model.eval()  # tracing runs the model: batch norm must not learn from the example
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, on every run
+                self.writer.add_graph(model, example)
+        except Exception as err:  # some models cannot be traced; the run goes on without the graph
+            log.warning("model graph not written to TensorBoard: %s", str(err).splitlines()[0] if str(err) else err)
+        finally:
+            model.train(was_training)
+
+    def log_model(self, model, epoch: int) -> None:
+        """Weight and gradient histograms every `histograms_every` epochs; a logistic model's class templates."""
+        if not self.writes:
+            return
+        every = self.cfg.logging.histograms_every
+        if every and epoch % every == 0:
+            for name, param in model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", param.detach(), epoch)
+                if param.grad is not None:  # the last step's gradient
+                    self.writer.add_histogram(f"gradients/{name}", param.grad, epoch)
+        images = model.weight_images() if self.cfg.logging.weight_images and hasattr(model, "weight_images") else None
+        if images is not None:
+            self.writer.add_images("weights/class_templates", _unit_range(images).cpu(), epoch)
+
+    @torch.no_grad()
+    def log_misclassified(self, model, loader, epoch: int) -> None:
+        """A grid of test images the model gets wrong, titled with their true and predicted classes."""
+        wanted = self.cfg.logging.misclassified
+        if not (self.writes and wanted) or self.test_logged:
+            return
+        model.eval()
+        images, titles = [], []
+        for x, y in loader:
+            if x.dim() != 4:  # not images
+                return
+            pred = model(x).argmax(1)
+            wrong = (pred != y).nonzero().flatten()[: wanted - len(images)]
+            images += list(_unit_range(x[wrong].float()).cpu().numpy())
+            pairs = zip(y[wrong].tolist(), pred[wrong].tolist())
+            titles += [f"true {self.classes[t]}\npred {self.classes[p]}" for t, p in pairs]
+            if len(images) >= wanted:
+                break
+        if images:
+            grid = figures.render(figures.image_grid_figure(np.stack(images), titles))
+            self.writer.add_image("test/misclassified", grid, epoch, dataformats="HWC")
+
+    def log_epoch(self, row: dict, val_cm: np.ndarray | None) -> None:
+        epoch = row["epoch"]
+        for key, value in row.items():
+            if "/" in key:
+                self.writer.add_scalar(key, value, epoch)
+        every = self.cfg.logging.confusion_matrix_every
+        if val_cm is not None and every and epoch % every == 0:
+            fig = figures.confusion_figure(val_cm, self.classes, f"val epoch {epoch}", normalized_too=False)
+            self.writer.add_image("val/confusion_matrix", figures.render(fig), epoch, dataformats="HWC")
+        self.writer.flush()
+        self.history.append(row)
+        header = list(row)
+        if self.writes:
+            write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
+
+    def log_test(self, test: dict, cm: np.ndarray, epoch: int) -> None:
+        if not self.writes:
+            self.metrics["test"] = test
+            return
+        writer = _NullWriter() if self.test_logged else self.writer
+        for key, value in test.items():
+            writer.add_scalar(f"test/{key}", value, epoch)
+        picture = figures.render(figures.confusion_figure(cm, self.classes, "test"))
+        writer.add_image("test/confusion_matrix", picture, epoch, dataformats="HWC")
+        figures.save_png(picture, self.run_dir / "confusion_matrix.png")
+        write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
+        header, rows = classification_report(cm, self.classes)
+        write_csv(self.run_dir / "classification_figures.csv", header, rows)
+        writer.add_text("test/classification_report", markdown_table(header, rows), epoch)
+        self.metrics["test"] = test
+
+    def save_metrics(self, **fields) -> None:
+        self.metrics.update(fields, wall_time_s=round(time.time() - self.start, 3))
+        if self.writes:
+            write_json(self.run_dir / "metrics.json", self.metrics)
+
+    def _relog_missing_epochs(self) -> None:
+        """A run killed between writing last.pt and logging that epoch: log the epoch now, from last.pt."""
+        logged = set()
+        try:
+            with open(self.run_dir / "history.csv", newline="") as f:
+                logged = {int(float(row["epoch"])) for row in csv.DictReader(f)}
+        except (OSError, ValueError, KeyError):
+            pass
+        missing = [row for row in self.history if row["epoch"] not in logged]
+        for row in missing:
+            for key, value in row.items():
+                if "/" in key:
+                    self.writer.add_scalar(key, value, row["epoch"])
+        if self.history and self.writes:  # history.csv from last.pt: no row past it, none missing
+            header = list(self.history[-1])
+            write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
+
+    def close(self, status: str) -> None:
+        if self.history and self.writes:
+            try:
+                figures.save_figure(figures.curves_figure(self.history), self.run_dir / "curves.png")
+            except OSError as err:  # a full disk: the run's own error says so; the old figure stays
+                log.warning("curves.png not written: %s", err)
+        if status == "completed" and self.cfg.logging.hparams:
+            self.writer.file_writer.add_summary(self._session_end)
+        self.writer.close()
+        self.save_metrics(status=status)
+
+
+def _has_tag(run_dir: Path, tag: str) -> bool:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if any(value.tag == tag for value in event.summary.value):
+                return True
+    return False
+
+
+def _unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Scale each image (N, C, H, W) to [0, 1] on its own, for display."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    return (images - low) / (high - low).clamp_min(1e-12)
+
+
+class _NullWriter:
+    """A SummaryWriter that writes nothing, for ranks other than 0: any method, any attribute, does nothing."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return None
