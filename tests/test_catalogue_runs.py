@@ -15,14 +15,15 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_config, run_dlrun
+import dlrun
+from helpers import compose_config, run_dlrun
 
-from dlrun.cli import config_groups
+from dlrun.config.groups import config_groups
 from dlrun.data import DeviceLoader, Split, load_data
-from dlrun.initializers import initialize
-from dlrun.metrics import classification_metrics
-from dlrun.optim import EarlyStopping, Regime, Schedule, build_loss, build_optimizer
-from dlrun.train import run, train_one_epoch
+from dlrun.model.initializers import initialize
+from dlrun.observe.metrics import classification_metrics
+from dlrun.engine.optim import EarlyStopping, Regime, Schedule, build_loss, build_optimizer
+from dlrun.engine.steps import train_one_epoch
 
 GROUPS = config_groups()
 OPTIONS = [f"{group}={option}" for group in ("model", "optimizer", "initializer", "scheduler") for option in GROUPS[group]]
@@ -76,18 +77,9 @@ def test_option_trains_one_short_epoch(overrides, toy_split):
 
 def run_in_process(run_dir: Path, *overrides: str) -> dict:
     """`dlrun train OVERRIDES` without a new Python process (torch's import is the slow part of one)."""
-    with initialize_config_module("dlrun.configs", version_base="1.3"):
-        cfg = compose("train", overrides=["device=cpu", "logging.hparams=false", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    try:
-        run(cfg)
-    finally:
-        HydraConfig.instance().cfg = None
-    return json.loads((run_dir / "metrics.json").read_text())
+    run = dlrun.train(["device=cpu", "logging.hparams=false", *overrides, f"hydra.run.dir={run_dir}"])
+    assert run.run_dir == run_dir
+    return run.metrics
 
 
 def event_data(run_dir: Path) -> EventAccumulator:
@@ -171,7 +163,7 @@ def test_a_catalogue_run_through_the_entry_point_logs_its_model_and_initializer(
     total, trainable = metrics["parameters"]["total"], metrics["parameters"]["trainable"]
     assert f"model: {total:,} parameters ({trainable:,} trainable)" in proc.stdout
     log = (run_dir / "train.log").read_text()
-    assert ("initializer: dlrun.initializers.kaiming_normal_(nonlinearity=relu, mode=fan_in), biases zeroed; "
+    assert ("initializer: dlrun.model.initializers.kaiming_normal_(nonlinearity=relu, mode=fan_in), biases zeroed; "
             "applied to: features.0.0 (Conv2d (8, 1, 5, 5)), features.1.0 (Conv2d (16, 8, 5, 5)), "
             "head.1 (Linear (128, 64)), head.4 (Linear (10, 128))") in log
     assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5

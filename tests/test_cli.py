@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import DLRUN, run_dlrun
-from dlrun.cli import SUBCOMMANDS, config_groups
+from helpers import DLRUN, run_dlrun
+from dlrun.app.cli import SUBCOMMANDS
+from dlrun.config.groups import config_groups
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def test_python_m_dlrun_is_the_same_command(workdir):
 def test_help_does_not_import_torch(workdir):
     code = (
         "import sys\n"
-        "from dlrun.cli import main\n"
+        "from dlrun.app.cli import main\n"
         "main(['--help'])\n"
         "heavy = sorted(m for m in ('torch', 'torchvision', 'tensorboard', 'matplotlib') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
@@ -67,7 +68,7 @@ def test_train_help_shows_groups_and_main_keys(workdir):
 
 def test_cfg_job_prints_the_composed_config(workdir):
     proc = run_dlrun("train", "--cfg", "job", "model=cnn", "trainer.epochs=3", cwd=workdir)
-    assert "_target_: dlrun.models.CNN" in proc.stdout
+    assert "_target_: dlrun.model.CNN" in proc.stdout
     assert "epochs: 3" in proc.stdout
     assert not (workdir / "outputs").exists(), "--cfg job must not start a run"
 
@@ -75,7 +76,7 @@ def test_cfg_job_prints_the_composed_config(workdir):
 def test_config_dir_adds_a_users_own_option(workdir):
     own = workdir / "my_configs" / "model"
     own.mkdir(parents=True)
-    (own / "tiny.yaml").write_text("_target_: dlrun.models.MLP\nhidden_sizes: [7]\n")
+    (own / "tiny.yaml").write_text("_target_: dlrun.model.MLP\nhidden_sizes: [7]\n")
     out = run_dlrun("train", "--config-dir", str(workdir / "my_configs"), "model=tiny", "--cfg", "job", cwd=workdir).stdout
     assert "hidden_sizes:\n  - 7" in out
     assert "optimizer:" in out, "the shipped groups still compose beside the user's"

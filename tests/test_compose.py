@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from dlrun.cli import config_groups
-from dlrun.initializers import initialize
+from dlrun.config.groups import config_groups
+from dlrun.model.initializers import initialize
 
 GROUPS = config_groups()
 ALL_OPTIONS = [(group, option) for group, options in GROUPS.items() for option in options]

@@ -12,12 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from conftest import DLRUN, run_dlrun
-from dlrun.cli_errors import describe
-from dlrun.config_checks import DATASET_SHAPES, SCHEMA, check_config
-from dlrun.data import load_data
-from dlrun.errors import DlrunError
-from dlrun.initializers import initialize
+from helpers import DLRUN, run_dlrun
+from dlrun.app.explain import describe
+from dlrun.config.schema import SCHEMA
+from dlrun.data import known_shape, load_data
+from dlrun.engine.build import check as check_config
+from dlrun.core.errors import DlrunError
+from dlrun.model.initializers import initialize
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -77,7 +78,7 @@ def test_a_bad_value_names_key_value_and_what_is_allowed(overrides, expected):
         (["initializer=kaiming_uniform", "initializer.fn.nonlinearity=tahn"],
          "initializer.fn.nonlinearity=tahn: must be one of", "did you mean 'tanh'"),
         (["trainer.epcohs=3"], "trainer.epcohs: no such key", "did you mean 'trainer.epochs'"),
-        (["+model.hiden_sizes=[10]"], "model.hiden_sizes=[10]: is not an argument of dlrun.models.MLP",
+        (["+model.hiden_sizes=[10]"], "model.hiden_sizes=[10]: is not an argument of dlrun.model.MLP",
          "did you mean 'hidden_sizes'"),
     ],
 )
@@ -171,10 +172,11 @@ override = st.one_of(
 
 def train_one_step(cfg) -> None:
     """What a run builds from the config, on CPU with a random batch of the dataset's shape."""
-    from dlrun.optim import EarlyStopping, Regime, Schedule, build_loss
+    from dlrun.engine.optim import EarlyStopping, Regime, Schedule, build_loss
 
-    if cfg.dataset.name in DATASET_SHAPES:
-        shape, num_classes = DATASET_SHAPES[cfg.dataset.name]
+    known = known_shape(cfg.dataset)
+    if known is not None:
+        shape, num_classes = known
     else:  # a dataset whose shape is known only once loaded (or no dataset: a clean error)
         data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)
         shape, num_classes = data.in_shape, data.num_classes

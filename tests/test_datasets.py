@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config, run_dlrun
+from helpers import compose_config, run_dlrun
 from dlrun.data import CACHE_NAME, FileSplit, load_data, make_loaders
-from dlrun.errors import ConfigError, DataError
+from dlrun.core.errors import ConfigError, DataError
 from test_mnist import FILES, idx_images, idx_labels, tiny_mnist
 
 CIFAR = {

@@ -24,10 +24,12 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from conftest import run_dlrun
-from dlrun import checkpoint, distributed
+from helpers import run_dlrun
+from dlrun.app import launch
+from dlrun.engine import checkpoint, ddp
+from dlrun.engine.run import RunContext
 from dlrun.data import DeviceLoader, Split, load_data
-from dlrun.errors import ConfigError
+from dlrun.core.errors import ConfigError
 
 # fp32: the comparison is about DDP, not about bf16 rounding (precision=auto picks bf16 on some CPUs).
 COMMON = ["model=mlp", "trainer.epochs=2", "trainer.precision=32", "logging.misclassified=0", "logging.graph=false",
@@ -116,14 +118,14 @@ def failure(rank: int, exitcode: int, tmp_path: Path, message: str | None = None
 
 
 def test_failure_names_the_rank_that_died_not_the_ones_stopped_after_it(tmp_path):
-    message, code = distributed.describe_failure(
+    message, code = launch.describe_failure(
         {0: failure(0, -signal.SIGTERM, tmp_path), 1: failure(1, -signal.SIGKILL, tmp_path)}, tmp_path / "run", "train")
     assert message.startswith("rank 1 was killed by SIGKILL (pid 1001)")
     assert "rank 0" not in message and "train.rank1.log" in message
     assert code == 1
 
-    message, code = distributed.describe_failure(
-        {0: failure(0, distributed.PEER_LOST_EXIT, tmp_path, "stopped: lost contact with another rank"),
+    message, code = launch.describe_failure(
+        {0: failure(0, ddp.PEER_LOST_EXIT, tmp_path, "stopped: lost contact with another rank"),
          1: failure(1, 2, tmp_path, "dataset.root=/nowhere: MNIST files not found")}, tmp_path / "run", "train")
     assert message.startswith("rank 1 exited with code 2: dataset.root=/nowhere: MNIST files not found")
     assert code == 2  # a config or data error keeps its exit code through the launcher
@@ -133,14 +135,14 @@ def test_failure_names_the_rank_that_died_not_the_ones_stopped_after_it(tmp_path
 def test_bad_distributed_settings_name_the_key(key, value):
     cfg = OmegaConf.create({"trainer": {"devices": 1, "scale_lr": False, "dist_timeout_s": 300, key: value}})
     with pytest.raises(ConfigError, match=rf"^trainer\.{key}="):
-        distributed.run(cfg, lambda cfg: pytest.fail("must not train"))
+        launch.run_on_devices(cfg, RunContext(Path("unused")), run_one=lambda cfg, ctx: pytest.fail("must not train"))
 
 
 @pytest.mark.parametrize("world,enabled,lr", [(2, True, 0.2), (2, False, 0.1), (1, True, 0.1)])
 def test_scale_lr_multiplies_by_the_world_size(monkeypatch, world, enabled, lr):
     monkeypatch.setenv("WORLD_SIZE", str(world))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    distributed.scale_lr(optimizer, enabled)
+    ddp.scale_lr(optimizer, enabled)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(lr)
 
 
@@ -226,7 +228,7 @@ def killed_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("killed")
     start = time.time()
     proc = run_dlrun("train", "trainer.devices=2", "device=cpu", "trainer.batch_size=32", *COMMON, cwd=workdir,
-                     env={distributed.KILL_ENV: "1:5"}, check=False, timeout=120)
+                     env={ddp.KILL_ENV: "1:5"}, check=False, timeout=120)
     ended = time.time()
     run_dir = only_run_dir(workdir)
     status = json.loads((run_dir / "metrics.json").read_text())["status"]
@@ -242,7 +244,7 @@ def test_a_killed_rank_ends_the_job_within_seconds(killed_run):
     assert "Traceback" not in proc.stderr
     assert status == "failed"
     # From the kill (logged by rank 1 just before) to the launcher's exit: seconds, not a hang.
-    stamp = re.search(r"^\[([\d\- :,]+)\]\[WARNING\] " + distributed.KILL_ENV, rank1_log, re.M).group(1)
+    stamp = re.search(r"^\[([\d\- :,]+)\]\[WARNING\] " + ddp.KILL_ENV, rank1_log, re.M).group(1)
     killed = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
     assert start < killed < ended and ended - killed < 15
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DLRUN, REFERENCE_ARGS, run_dlrun
-from dlrun import checkpoint
+from helpers import DLRUN, REFERENCE_ARGS, run_dlrun
+from dlrun.engine import checkpoint
 
 pytestmark = pytest.mark.slow
 STEPS_PER_EPOCH = 21  # ceil(1294 training digits / batch 64)

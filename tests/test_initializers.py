@@ -8,10 +8,10 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import compose_config
+from helpers import compose_config
 
-from dlrun.errors import ConfigError
-from dlrun.initializers import describe, initialize
+from dlrun.core.errors import ConfigError
+from dlrun.model.initializers import describe, initialize
 
 FAN_IN, FAN_OUT = 1000, 200  # 200,000 weights: sample statistics within about 1% of the true ones
 

@@ -46,5 +46,5 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "_target_: dlrun.models.CNN" in proc.stdout
+    assert "_target_: dlrun.model.CNN" in proc.stdout
     assert "_target_: torch.optim.Adam" in proc.stdout

@@ -8,9 +8,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from conftest import run_dlrun
+from helpers import run_dlrun
 from dlrun.data import load_data
-from dlrun.errors import ConfigError, DataError
+from dlrun.core.errors import ConfigError, DataError
 
 N_TRAIN, N_TEST = 20, 10
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]

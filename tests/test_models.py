@@ -9,10 +9,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import compose_config
+from helpers import compose_config
 
-from dlrun.errors import ConfigError, DlrunError
-from dlrun.models import CNN, MLP, LeNet5, TorchvisionModel, count_parameters
+from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.model import CNN, MLP, LeNet5, TorchvisionModel, count_parameters
 
 
 def build(*overrides: str, in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:

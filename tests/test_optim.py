@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import compose_config
+from helpers import compose_config
 
-from dlrun.errors import ConfigError, DlrunError
-from dlrun.optim import EarlyStopping, Regime, Schedule, build_loss, build_optimizer
-from dlrun.tracking import METRICS
+from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.engine.optim import EarlyStopping, Regime, Schedule, build_loss, build_optimizer
+from dlrun.config.schema import METRIC_NAMES as METRICS
 
 EPOCHS, STEPS = 8, 4  # steps per epoch
 LR = compose_config().optimizer.lr  # optimizer=sgd's default

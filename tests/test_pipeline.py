@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from conftest import compose_config, run_dlrun
-from dlrun.augment import BatchAugment, random_crop
+from helpers import compose_config, run_dlrun
+from dlrun.data.augment import BatchAugment, random_crop
 from dlrun.data import DeviceLoader, FileLoader, Split, load_data, make_loaders
-from dlrun.errors import ConfigError
-from dlrun.train import Precision
+from dlrun.core.errors import ConfigError
+from dlrun.engine.precision import Precision
 from test_datasets import write_idx_set, write_pngs
 
 

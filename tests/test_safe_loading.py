@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from conftest import run_dlrun
-from dlrun import checkpoint
-from dlrun.errors import DlrunError
-from dlrun.evaluate import allowed, evaluate_checkpoint
+from helpers import run_dlrun
+from dlrun.engine import checkpoint
+from dlrun.core.errors import DlrunError
+from dlrun.app.eval_cmd import allowed, evaluate_checkpoint
 
 
 class RunsCode:
@@ -63,7 +63,7 @@ def test_files_that_are_not_dlrun_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("target, ok", [
-    ("dlrun.models.MLP", True),
+    ("dlrun.model.MLP", True),
     ("torchvision.models.resnet18", True),
     ("torch.nn.Linear", True),
     ("torchmetrics.MeanMetric", True),
@@ -139,7 +139,7 @@ def with_model_target(run_dir, dest, target: str):
     """A copy of the run whose saved config names another model class."""
     shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("eval"))
     state = checkpoint.load(dest / "best.pt")
-    state["config"] = state["config"].replace("_target_: dlrun.models.MLP", f"_target_: {target}")
+    state["config"] = state["config"].replace("_target_: dlrun.model.MLP", f"_target_: {target}")
     torch.save(state, dest / "best.pt")
     return dest
 
@@ -152,7 +152,7 @@ def test_eval_refuses_a_config_outside_the_allow_list_until_trusted(run_dir, tmp
     marker = tmp_path / "imported"
     (package / "__init__.py").write_text(
         f"open({str(marker)!r}, 'w').close()\n"
-        "from dlrun.models import MLP\n\n\nclass Net(MLP):\n    pass\n"
+        "from dlrun.model import MLP\n\n\nclass Net(MLP):\n    pass\n"
     )
     copy = with_model_target(run_dir, tmp_path / "shared-run", "sharedmodels.Net")
     env = {"PYTHONPATH": str(tmp_path / "pkgs")}

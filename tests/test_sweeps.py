@@ -13,9 +13,9 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 
-from conftest import run_dlrun
+from helpers import run_dlrun
 from test_train_run import finished_run
-from dlrun import sweep
+from dlrun.results.summary import summarize
 
 # A user's own experiment bundle (`--config-dir`): `experiment` is left out of job directory names,
 # so a job's directory is named by the swept values alone.
@@ -410,7 +410,7 @@ def test_seed_groups_show_mean_and_std_over_finished_seeds(tmp_path, capsys):
             (1, 32, "completed", 0.9), (2, 32, "completed", 0.9)]
     for seed, width, status, value in runs:
         write_run(tmp_path / f"model.hidden_sizes=[{width}],seed={seed}", seed, width, status, value)
-    summary = sweep.summarize([tmp_path], tmp_path)
+    summary = summarize([tmp_path], tmp_path)
     assert [g.name for g in summary.groups] == ["model.hidden_sizes=[32]", "model.hidden_sizes=[8]"]
     narrow = summary.groups[1]
     assert narrow.status == "2 completed, 1 failed"

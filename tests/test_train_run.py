@@ -17,8 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from conftest import run_dlrun
-from dlrun import checkpoint
+from helpers import run_dlrun
+from dlrun.engine import checkpoint
 from dlrun.data import load_data
 
 pytestmark = pytest.mark.slow

@@ -151,7 +151,7 @@ class Tracker:
         figures.save_png(picture, self.run_dir / "confusion_matrix.png")
         write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
         header, rows = classification_report(cm, self.classes)
-        write_csv(self.run_dir / "classification_figures.csv", header, rows)
+        write_csv(self.run_dir / "classification_report.csv", header, rows)
         writer.add_text("test/classification_report", markdown_table(header, rows), epoch)
         self.metrics["test"] = test
 
