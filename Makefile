@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_ROOT ?= ../shared/data
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench tb clean
+.PHONY: help install train lint test test-fast bench tb clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,10 +22,16 @@ install: $(STAMP) ## create .venv and install dlrun (editable) with its test too
 train: install ## install, then train the default MLP on the bundled digits (offline)
 	$(BIN)/dlrun train
 
-test: install ## install, then run the whole test suite
+lint: install ## ruff (lint and format), the import-layer contract, and the code-shape checks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_shape.py
+
+test: lint ## install, check the code, then run the whole test suite
 	$(BIN)/python -m pytest
 
-test-fast: install ## the tests that do not start dlrun in a subprocess
+test-fast: lint ## the tests that do not start dlrun in a subprocess
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install ## speed and memory benchmarks on real MNIST (set DATA_ROOT, default ../shared/data)

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from helpers import REFERENCE_ARGS, run_dlrun
 
 

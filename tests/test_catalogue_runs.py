@@ -9,28 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
+from helpers import compose_config, run_dlrun
 from hydra.utils import instantiate
-from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dlrun
-from helpers import compose_config, run_dlrun
-
 from dlrun.config.groups import config_groups
 from dlrun.data import DeviceLoader, Split, load_data
-from dlrun.model.initializers import initialize
-from dlrun.observe.metrics import classification_metrics
 from dlrun.engine.optim import EarlyStopping, Regime, Schedule, build_loss, build_optimizer
 from dlrun.engine.steps import train_one_epoch
+from dlrun.model.initializers import initialize
+from dlrun.observe.metrics import classification_metrics
 
 GROUPS = config_groups()
 OPTIONS = [f"{group}={option}" for group in ("model", "optimizer", "initializer", "scheduler") for option in GROUPS[group]]
 VARIANTS = [
     *[f"model.activation={a}" for a in ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu")],
     "model.batch_norm=true model.dropout=0.5",
-    "model=cnn model.channels=[8,16] model.kernel_size=[5,3] model.pooling=[avg,none] model.activation=[tanh,gelu] model.batch_norm=[false,true]",
+    "model=cnn model.channels=[8,16] model.kernel_size=[5,3] model.pooling=[avg,none] model.activation=[tanh,gelu] "
+    "model.batch_norm=[false,true]",
     "model=resnet18 model.freeze_backbone=true",
     "optimizer=sgd optimizer.momentum=0.9 optimizer.nesterov=true optimizer.weight_decay=0.001",
     "optimizer=rmsprop optimizer.momentum=0.5 optimizer.centered=true",

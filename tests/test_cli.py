@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from helpers import DLRUN, run_dlrun
+
 from dlrun.app.cli import SUBCOMMANDS
 from dlrun.config.groups import config_groups
 

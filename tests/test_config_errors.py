@@ -6,18 +6,18 @@ import subprocess
 
 import pytest
 import torch
+from helpers import DLRUN, run_dlrun
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from helpers import DLRUN, run_dlrun
 from dlrun.app.explain import describe
 from dlrun.config.schema import SCHEMA
+from dlrun.core.errors import DlrunError
 from dlrun.data import known_shape, load_data
 from dlrun.engine.build import check as check_config
-from dlrun.core.errors import DlrunError
 from dlrun.model.initializers import initialize
 
 

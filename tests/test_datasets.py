@@ -9,14 +9,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import compose_config, run_dlrun
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
-
-from helpers import compose_config, run_dlrun
-from dlrun.data import CACHE_NAME, FileSplit, load_data, make_loaders
-from dlrun.core.errors import ConfigError, DataError
 from test_mnist import FILES, idx_images, idx_labels, tiny_mnist
+
+from dlrun.core.errors import ConfigError, DataError
+from dlrun.data import CACHE_NAME, FileSplit, load_data, make_loaders
 
 CIFAR = {
     # config name: (torchvision folder, train files, test files, meta file, label key, meta key, classes)
@@ -82,7 +82,8 @@ def write_idx_set(root, folder: str, gz: bool = True):
 # The MNIST family and the uint8 cache
 
 
-@pytest.mark.parametrize("name, folder, first_class", [("fashion_mnist", "FashionMNIST", "T-shirt/top"), ("kmnist", "KMNIST", "o")])
+@pytest.mark.parametrize("name, folder, first_class",
+                         [("fashion_mnist", "FashionMNIST", "T-shirt/top"), ("kmnist", "KMNIST", "o")])
 def test_mnist_family_reads_its_own_folder(tmp_path, name, folder, first_class):
     train_x, train_y, test_x, test_y = write_idx_set(tmp_path, folder)
     data = load_data(dataset_config(f"dataset={name}", f"dataset.root={tmp_path}", "dataset.download=false"), 0, 0.1)

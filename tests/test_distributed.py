@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_dlrun
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from helpers import run_dlrun
 from dlrun.app import launch
+from dlrun.core.errors import ConfigError
+from dlrun.data import DeviceLoader, Split, load_data
 from dlrun.engine import checkpoint, ddp
 from dlrun.engine.run import RunContext
-from dlrun.data import DeviceLoader, Split, load_data
-from dlrun.core.errors import ConfigError
 
 # fp32: the comparison is about DDP, not about bf16 rounding (precision=auto picks bf16 on some CPUs).
 COMMON = ["model=mlp", "trainer.epochs=2", "trainer.precision=32", "logging.misclassified=0", "logging.graph=false",

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DLRUN, REFERENCE_ARGS, run_dlrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import DLRUN, REFERENCE_ARGS, run_dlrun
 from dlrun.engine import checkpoint
 
 pytestmark = pytest.mark.slow

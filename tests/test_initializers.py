@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
+from helpers import compose_config
 from hydra.utils import instantiate
 from torch import nn
-
-from helpers import compose_config
 
 from dlrun.core.errors import ConfigError
 from dlrun.model.initializers import describe, initialize

@@ -6,11 +6,11 @@ import struct
 
 import pytest
 import torch
+from helpers import run_dlrun
 from hydra import compose, initialize_config_module
 
-from helpers import run_dlrun
-from dlrun.data import load_data
 from dlrun.core.errors import ConfigError, DataError
+from dlrun.data import load_data
 
 N_TRAIN, N_TEST = 20, 10
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]

@@ -5,11 +5,10 @@ import socket
 
 import pytest
 import torch
+from helpers import compose_config
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch import nn
-
-from helpers import compose_config
 
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.model import CNN, MLP, LeNet5, TorchvisionModel, count_parameters

@@ -6,13 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import compose_config
 from torch import nn
 
-from helpers import compose_config
-
+from dlrun.config.schema import METRIC_NAMES as METRICS
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.engine.optim import EarlyStopping, Regime, Schedule, build_loss, build_optimizer
-from dlrun.config.schema import METRIC_NAMES as METRICS
 
 EPOCHS, STEPS = 8, 4  # steps per epoch
 LR = compose_config().optimizer.lr  # optimizer=sgd's default
@@ -167,6 +166,7 @@ def test_l1_penalty_pulls_weights_towards_zero_by_lr_times_strength():
     penalty.backward()
     optimizer.step()
     assert torch.allclose(model.weight, weight - 0.5 * 0.01 * weight.sign())
+    assert torch.equal(model.bias.detach(), bias), "the penalty leaves biases alone"
     assert regime_for(nn.Linear(2, 2)).penalty() == 0.0
 
 

@@ -5,17 +5,17 @@ import json
 
 import pytest
 import torch
+from helpers import compose_config, run_dlrun
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_datasets import write_idx_set, write_pngs
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from helpers import compose_config, run_dlrun
-from dlrun.data.augment import BatchAugment, random_crop
-from dlrun.data import DeviceLoader, FileLoader, Split, load_data, make_loaders
 from dlrun.core.errors import ConfigError
+from dlrun.data import DeviceLoader, FileLoader, Split, load_data, make_loaders
+from dlrun.data.augment import BatchAugment, random_crop
 from dlrun.engine.precision import Precision
-from test_datasets import write_idx_set, write_pngs
 
 
 def id_split(n: int) -> Split:

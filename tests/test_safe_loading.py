@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
-
 from helpers import run_dlrun
-from dlrun.engine import checkpoint
-from dlrun.core.errors import DlrunError
+
 from dlrun.app.eval_cmd import allowed, evaluate_checkpoint
+from dlrun.core.errors import DlrunError
+from dlrun.engine import checkpoint
 
 
 class RunsCode:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_dlrun
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
-
-from helpers import run_dlrun
 from test_train_run import finished_run
+
 from dlrun.results.summary import summarize
 
 # A user's own experiment bundle (`--config-dir`): `experiment` is left out of job directory names,

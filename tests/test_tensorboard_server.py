@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_train_run import RUNS, finished_run
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_dlrun
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -17,9 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from helpers import run_dlrun
-from dlrun.engine import checkpoint
 from dlrun.data import load_data
+from dlrun.engine import checkpoint
 
 pytestmark = pytest.mark.slow
 

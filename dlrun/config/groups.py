@@ -2,7 +2,6 @@
 
 from importlib.resources import files
 
-
 CONFIG_MODULE = "dlrun.configs"
 HIDDEN_GROUPS = {"hydra", "paths"}
 

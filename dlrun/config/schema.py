@@ -4,8 +4,8 @@ that other layers read from here (metrics, precisions, augmentations, the multi-
 A rule takes a value and returns None when it is allowed, else what is allowed."""
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dlrun.core.text import did_you_mean
 

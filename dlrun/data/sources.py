@@ -15,15 +15,13 @@ import contextlib
 import functools
 import gzip
 import logging
-import math
 import os
 import pickle
 import shutil
 import tempfile
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -6,8 +6,8 @@ or arithmetic (a ResNet at 224 costs milliseconds), so that a model that cannot 
 initializer that fails on it or an optimizer argument that is wrong stops the run before any data is read."""
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from hydra.errors import InstantiationException

@@ -42,7 +42,7 @@ def load(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise DlrunError(f"{path}: no such checkpoint")
+        raise DlrunError(f"{path}: no such checkpoint") from None
     except Exception as err:
         raise DlrunError(
             f"{path}: not a dlrun checkpoint, or it holds objects that could run code; refused to load it "

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlrun.config.schema import PRECISIONS, precision as precision_rule
+from dlrun.config.schema import PRECISIONS
+from dlrun.config.schema import precision as precision_rule
 from dlrun.core.errors import ConfigError, DeviceError
 
 

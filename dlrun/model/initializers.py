@@ -5,7 +5,7 @@ Kaiming variants whose nonlinearity follows the model's activation."""
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from omegaconf import ListConfig
 from torch import nn

@@ -2,7 +2,7 @@
 so a config never hard-codes a flatten size; a user's own `model._target_` gets the same two."""
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

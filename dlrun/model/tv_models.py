@@ -1,8 +1,8 @@
 """Any torchvision classification model by name, its head replaced for the dataset's classes."""
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

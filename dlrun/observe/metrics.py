@@ -10,6 +10,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+
 class MeanLoss(Metric):
     """The sample-weighted mean loss. torchmetrics' MeanMetric checks every update for NaN on the host,
     a sync per step; a NaN here simply propagates, and dlrun.faults stops the run on it."""

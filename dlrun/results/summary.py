@@ -4,11 +4,10 @@ summary.md and curves.png, ranked by the monitored metric, with mean ± std over
 import math
 import os
 import statistics
-
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
