@@ -62,13 +62,19 @@ def main() -> None:
         warm_cache(root)  # the timed dlrun run is a second run: its uint8 tensors come from the cache
         # The dlrun runs go first: the peak RSS of waited-for children is a maximum over all of them.
         dlrun_runs = sorted((time_dlrun_to_99(root, tmp / f"run{i}") for i in range(3)), key=lambda r: r["wall_s"])
-        dlrun_run = {**dlrun_runs[1], "walls_s": [r["wall_s"] for r in dlrun_runs],  # the median run
-                     "peak_rss_mb": max(r["peak_rss_mb"] for r in dlrun_runs)}
+        dlrun_run = {
+            **dlrun_runs[1],
+            "walls_s": [r["wall_s"] for r in dlrun_runs],  # the median run
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in dlrun_runs),
+        }
         recipe = time_recipe_to_99(plain_root, args.recipe_epochs)
-        startup = {name: time_command(cmd, cwd=tmp) for name, cmd in (
-            ("dlrun --help", [str(BIN / "dlrun"), "--help"]),
-            ("dlrun train --cfg job", [str(BIN / "dlrun"), "train", "--cfg", "job"]),
-        )}
+        startup = {
+            name: time_command(cmd, cwd=tmp)
+            for name, cmd in (
+                ("dlrun --help", [str(BIN / "dlrun"), "--help"]),
+                ("dlrun train --cfg job", [str(BIN / "dlrun"), "train", "--cfg", "job"]),
+            )
+        }
         epochs = epoch_times(root, plain_root)
         gpu = gpu_section(root, plain_root) if torch.cuda.is_available() else None
 
@@ -76,17 +82,32 @@ def main() -> None:
     for model in ("mlp", "cnn"):
         e = epochs[model]
         for variant in ("fp32", "defaults"):
-            rows.append(row(f"epoch, {model.upper()} on MNIST, dlrun {variant} vs standard loop", e[f"dlrun_{variant}"],
-                            e["standard"], "s", target=">= 8x" if model == "mlp" else ">= 2x"))
+            rows.append(
+                row(
+                    f"epoch, {model.upper()} on MNIST, dlrun {variant} vs standard loop",
+                    e[f"dlrun_{variant}"],
+                    e["standard"],
+                    "s",
+                    target=">= 8x" if model == "mlp" else ">= 2x",
+                )
+            )
     reached = recipe["time_to_99_s"] is not None
     recipe_s = recipe["time_to_99_s"] if reached else recipe["wall_s"]
-    rows.append(row("time to 99.0% test accuracy, dlrun train model=cnn dataset=mnist vs pytorch/examples recipe",
-                    dlrun_run["wall_s"] if dlrun_run["test_accuracy"] >= 0.99 else None, recipe_s, "s",
-                    target=">= 8x and <= 20 s", lower_bound=not reached))
+    rows.append(
+        row(
+            "time to 99.0% test accuracy, dlrun train model=cnn dataset=mnist vs pytorch/examples recipe",
+            dlrun_run["wall_s"] if dlrun_run["test_accuracy"] >= 0.99 else None,
+            recipe_s,
+            "s",
+            target=">= 8x and <= 20 s",
+            lower_bound=not reached,
+        )
+    )
     for name, seconds in startup.items():
         rows.append(row(f"start-up, {name}", seconds, None, "s", target="< 0.5 s" if "help" in name else "< 1.5 s"))
-    rows.append(row("peak RSS, the largest of the dlrun MNIST CNN runs", dlrun_run["peak_rss_mb"], None, "MB",
-                    target="< 1500 MB"))
+    rows.append(
+        row("peak RSS, the largest of the dlrun MNIST CNN runs", dlrun_run["peak_rss_mb"], None, "MB", target="< 1500 MB")
+    )
     results.update(dlrun_run=dlrun_run, recipe=recipe, startup=startup, epochs=epochs, gpu=gpu)
     print_table(results, recipe, args.recipe_epochs)
     out = Path(args.json)
@@ -97,8 +118,15 @@ def main() -> None:
 
 def row(name, ours, theirs, unit, target="", lower_bound=False) -> dict:
     ratio = theirs / ours if ours and theirs else None
-    return {"measure": name, "dlrun": ours, "reference": theirs, "unit": unit, "ratio": ratio,
-            "reference_is_lower_bound": lower_bound, "target": target}
+    return {
+        "measure": name,
+        "dlrun": ours,
+        "reference": theirs,
+        "unit": unit,
+        "ratio": ratio,
+        "reference_is_lower_bound": lower_bound,
+        "target": target,
+    }
 
 
 def print_table(results: dict, recipe: dict, cap: int) -> None:
@@ -112,13 +140,20 @@ def print_table(results: dict, recipe: dict, cap: int) -> None:
             ours = f"{r['dlrun']:.0f}MB"
         print(f"{r['measure']:<92} {ours:>9} {ref:>10} {ratio:>8}  {r['target']}")
     accs = ", ".join(f"{a:.4f}" for a in recipe["test_accuracy_per_epoch"])
-    print(f"\npytorch/examples recipe: {recipe['epoch_s_mean']:.1f} s per epoch; test accuracy after each epoch: {accs}; "
-          + (f"99.0% after epoch {recipe['epochs_to_99']}" if recipe["time_to_99_s"] is not None
-             else f"not 99.0% within the cap of {cap} epochs, so its time is a lower bound"))
+    print(
+        f"\npytorch/examples recipe: {recipe['epoch_s_mean']:.1f} s per epoch; test accuracy after each epoch: {accs}; "
+        + (
+            f"99.0% after epoch {recipe['epochs_to_99']}"
+            if recipe["time_to_99_s"] is not None
+            else f"not 99.0% within the cap of {cap} epochs, so its time is a lower bound"
+        )
+    )
     d = results["dlrun_run"]
-    print(f"{d['command']}: {', '.join(f'{w:.1f}' for w in d['walls_s'])} s in 3 runs (median {d['wall_s']:.1f} s); "
-          f"{d['epochs']} epochs ({', '.join(map(str, d['epoch_times_s']))} s), test accuracy {d['test_accuracy']:.4f}, "
-          f"{d['precision']}" + ("" if d["test_accuracy"] >= 0.99 else " (below 99.0%: no time to 99% to show)"))
+    print(
+        f"{d['command']}: {', '.join(f'{w:.1f}' for w in d['walls_s'])} s in 3 runs (median {d['wall_s']:.1f} s); "
+        f"{d['epochs']} epochs ({', '.join(map(str, d['epoch_times_s']))} s), test accuracy {d['test_accuracy']:.4f}, "
+        f"{d['precision']}" + ("" if d["test_accuracy"] >= 0.99 else " (below 99.0%: no time to 99% to show)")
+    )
     if results["gpu"] is None:
         print("GPU section: skipped (no CUDA device)")
     else:
@@ -126,8 +161,18 @@ def print_table(results: dict, recipe: dict, cap: int) -> None:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown CPU",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "unknown CPU"
+    )
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
 
@@ -154,8 +199,12 @@ def warm_cache(root: Path) -> None:
 def time_dlrun_to_99(root: Path, run_dir: Path, *choices: str) -> dict:
     choices = choices or ("model=cnn", "dataset=mnist")
     start = time.perf_counter()
-    proc = subprocess.run([str(BIN / "dlrun"), "train", *choices, f"dataset.root={root}",
-                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=run_dir.parent)
+    proc = subprocess.run(
+        [str(BIN / "dlrun"), "train", *choices, f"dataset.root={root}", f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        cwd=run_dir.parent,
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"bench: dlrun train failed:\n{proc.stdout}\n{proc.stderr}")
@@ -163,10 +212,15 @@ def time_dlrun_to_99(root: Path, run_dir: Path, *choices: str) -> dict:
     history = (run_dir / "history.csv").read_text().splitlines()
     header = history[0].split(",")
     times = [float(line.split(",")[header.index("time_s")]) for line in history[1:]]
-    return {"command": f"dlrun train {' '.join(choices)}", "wall_s": wall, "test_accuracy": metrics["test"]["accuracy"],
-            "epochs": len(times),
-            "epoch_times_s": times, "precision": metrics.get("precision", "?"),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {
+        "command": f"dlrun train {' '.join(choices)}",
+        "wall_s": wall,
+        "test_accuracy": metrics["test"]["accuracy"],
+        "epochs": len(times),
+        "epoch_times_s": times,
+        "precision": metrics.get("precision", "?"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 RECIPE = textwrap.dedent("""
@@ -230,9 +284,16 @@ def time_recipe_to_99(plain_root: Path, max_epochs: int) -> dict:
     epochs = [line.split() for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     times, accs = [float(e[2]) for e in epochs], [float(e[3]) for e in epochs]
     reached = accs[-1] >= 0.99
-    return {"wall_s": wall, "time_to_99_s": wall if reached else None, "epochs_to_99": len(accs) if reached else None,
-            "epochs_run": len(accs), "epoch_cap": max_epochs, "epoch_s_mean": statistics.mean(times),
-            "epoch_times_s": times, "test_accuracy_per_epoch": accs}
+    return {
+        "wall_s": wall,
+        "time_to_99_s": wall if reached else None,
+        "epochs_to_99": len(accs) if reached else None,
+        "epochs_run": len(accs),
+        "epoch_cap": max_epochs,
+        "epoch_s_mean": statistics.mean(times),
+        "epoch_times_s": times,
+        "test_accuracy_per_epoch": accs,
+    }
 
 
 def time_command(cmd: list[str], cwd: Path, repeats: int = 3) -> float:
@@ -295,8 +356,11 @@ def epoch_times(root: Path, plain_root: Path) -> dict:
     from dlrun.train import Precision
 
     data = load_data(dlrun_config("dataset=mnist", f"dataset.root={root}").dataset, seed=0, val_fraction=1 / 60)
-    standard_set = datasets.MNIST(str(plain_root), train=True, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)]))
+    standard_set = datasets.MNIST(
+        str(plain_root),
+        train=True,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)]),
+    )
     standard = torch.utils.data.DataLoader(standard_set, batch_size=64, shuffle=True)
     results = {}
     for name in ("mlp", "cnn"):
@@ -307,13 +371,22 @@ def epoch_times(root: Path, plain_root: Path) -> dict:
         model, opt = build(name, data.in_shape, channels_last=False)
         t_fp32 = train_epoch(model, opt, DeviceLoader(data.train, 64, "cpu", data.mean, data.std, shuffle=True))
         model, opt = build(name, data.in_shape, channels_last=images)
-        loader = DeviceLoader(data.train, 64, "cpu", data.mean, data.std, shuffle=True,
-                              memory_format=torch.channels_last if images else None)
+        loader = DeviceLoader(
+            data.train, 64, "cpu", data.mean, data.std, shuffle=True, memory_format=torch.channels_last if images else None
+        )
         t_defaults = train_epoch(model, opt, loader, auto.autocast)
-        results[name] = {"standard": t_standard, "dlrun_fp32": t_fp32, "dlrun_defaults": t_defaults,
-                         "defaults": f"{auto.name}{', channels_last' if images else ''}", "samples": len(data.train)}
-        print(f"epoch {name}: standard {t_standard:.1f} s, dlrun fp32 {t_fp32:.1f} s, "
-              f"dlrun defaults ({results[name]['defaults']}) {t_defaults:.1f} s", flush=True)
+        results[name] = {
+            "standard": t_standard,
+            "dlrun_fp32": t_fp32,
+            "dlrun_defaults": t_defaults,
+            "defaults": f"{auto.name}{', channels_last' if images else ''}",
+            "samples": len(data.train),
+        }
+        print(
+            f"epoch {name}: standard {t_standard:.1f} s, dlrun fp32 {t_fp32:.1f} s, "
+            f"dlrun defaults ({results[name]['defaults']}) {t_defaults:.1f} s",
+            flush=True,
+        )
     return results
 
 
@@ -342,10 +415,17 @@ def gpu_section(root: Path, plain_root: Path) -> dict:
     loader = DeviceLoader(data.train, 64, device, data.mean, data.std, shuffle=True, memory_format=torch.channels_last)
     ours = timed_epoch(model, opt, loader, len(data.train))
     ours["mfu"] = mfu(model, next(iter(loader)), ours["samples_per_s"] / 64, out["bf16_matmul_peak_tflops"])
-    standard_set = datasets.MNIST(str(plain_root), train=True, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)]))
-    standard = ToDevice(torch.utils.data.DataLoader(standard_set, batch_size=64, shuffle=True, num_workers=4,
-                                                    pin_memory=True, persistent_workers=True), device)
+    standard_set = datasets.MNIST(
+        str(plain_root),
+        train=True,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)]),
+    )
+    standard = ToDevice(
+        torch.utils.data.DataLoader(
+            standard_set, batch_size=64, shuffle=True, num_workers=4, pin_memory=True, persistent_workers=True
+        ),
+        device,
+    )
     model, opt = build("cnn", data.in_shape, channels_last=False)
     model.to(device)
     opt = type(opt)(model.parameters(), **opt.defaults)
@@ -361,11 +441,24 @@ def gpu_section(root: Path, plain_root: Path) -> dict:
     loader = DeviceLoader(data.train, 256, device, data.mean, data.std, shuffle=True, memory_format=torch.channels_last)
     ours = timed_epoch(net, opt, loader, len(data.train))
     ours["mfu"] = mfu(net, next(iter(loader)), ours["samples_per_s"] / 256, out["bf16_matmul_peak_tflops"])
-    standard_set = datasets.CIFAR10(str(root), train=True, transform=transforms.Compose(
-        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-         transforms.Normalize(data.mean, data.std)]))
-    standard = ToDevice(torch.utils.data.DataLoader(standard_set, batch_size=256, shuffle=True, num_workers=4,
-                                                    pin_memory=True, persistent_workers=True), device)
+    standard_set = datasets.CIFAR10(
+        str(root),
+        train=True,
+        transform=transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(data.mean, data.std),
+            ]
+        ),
+    )
+    standard = ToDevice(
+        torch.utils.data.DataLoader(
+            standard_set, batch_size=256, shuffle=True, num_workers=4, pin_memory=True, persistent_workers=True
+        ),
+        device,
+    )
     net = models.resnet18(num_classes=10).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     out["resnet18_cifar10"] = {"dlrun": ours, "standard": timed_epoch(net, opt, standard, len(standard_set))}

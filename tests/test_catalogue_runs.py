@@ -63,8 +63,15 @@ def test_option_trains_one_short_epoch(overrides, toy_split):
     schedule = Schedule(cfg.scheduler, optimizer, 1, len(loader))
     regime = Regime(cfg.trainer, model, schedule, log_grad_norm=True)
     steps = []
-    stats = train_one_epoch(model, loader, build_loss(cfg.trainer, split.y, 10), optimizer, regime,
-                            classification_metrics(10), lambda loss, lr, norm: steps.append((loss, lr, norm)))
+    stats = train_one_epoch(
+        model,
+        loader,
+        build_loss(cfg.trainer, split.y, 10),
+        optimizer,
+        regime,
+        classification_metrics(10),
+        lambda loss, lr, norm: steps.append((loss, lr, norm)),
+    )
     EarlyStopping(cfg.trainer.early_stopping).update({"epoch": 1, "val/f1": 0.5, "train/loss": 1.0})
     assert len(steps) == len(loader) == 2
     assert math.isfinite(stats["loss"].item()) and all(math.isfinite(norm.item()) for _, _, norm in steps)
@@ -89,9 +96,18 @@ def event_data(run_dir: Path) -> EventAccumulator:
 def logistic_run(tmp_path_factory):
     """Softmax regression on digits with every TensorBoard extra on and a per-step schedule."""
     run_dir = tmp_path_factory.mktemp("logistic")
-    metrics = run_in_process(run_dir, "model=logistic", "scheduler=onecycle", "optimizer.lr=0.1", "trainer.epochs=2",
-                             "trainer.batch_size=128", "trainer.log_every_n_steps=3", "logging.histograms_every=1",
-                             "logging.misclassified=8", "logging.confusion_matrix_every=0")
+    metrics = run_in_process(
+        run_dir,
+        "model=logistic",
+        "scheduler=onecycle",
+        "optimizer.lr=0.1",
+        "trainer.epochs=2",
+        "trainer.batch_size=128",
+        "trainer.log_every_n_steps=3",
+        "logging.histograms_every=1",
+        "logging.misclassified=8",
+        "logging.confusion_matrix_every=0",
+    )
     return run_dir, metrics, event_data(run_dir)
 
 
@@ -136,12 +152,24 @@ def test_classification_report_csv_matches_the_confusion_matrix(logistic_run):
 
 def test_early_stopping_stops_a_run_when_the_metric_stalls(tmp_path, capsys):
     # min_delta 1: no change of val/f1 counts as an improvement, so patience 1 ends the run after epoch 2.
-    metrics = run_in_process(tmp_path, "trainer.epochs=10", "trainer.early_stopping.patience=1",
-                             "trainer.early_stopping.min_delta=1.0", "logging.graph=false")
+    metrics = run_in_process(
+        tmp_path,
+        "trainer.epochs=10",
+        "trainer.early_stopping.patience=1",
+        "trainer.early_stopping.min_delta=1.0",
+        "logging.graph=false",
+    )
     assert metrics["status"] == "completed" and metrics["epochs_completed"] == 2
     assert metrics["early_stopping"] == {
-        "monitor": "val/f1", "mode": "max", "patience": 1, "min_delta": 1.0, "stopped": True, "stopped_epoch": 2,
-        "best_epoch": 1, "best": metrics["early_stopping"]["best"]}
+        "monitor": "val/f1",
+        "mode": "max",
+        "patience": 1,
+        "min_delta": 1.0,
+        "stopped": True,
+        "stopped_epoch": 2,
+        "best_epoch": 1,
+        "best": metrics["early_stopping"]["best"],
+    }
     assert "test" in metrics, "the best epoch is still tested"
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 1 + 2
     assert "early stopping: val/f1 has not improved by more than 1.0 for 1 epochs" in capsys.readouterr().out
@@ -149,18 +177,34 @@ def test_early_stopping_stops_a_run_when_the_metric_stalls(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_catalogue_run_through_the_entry_point_logs_its_model_and_initializer(tmp_path):
-    proc = run_dlrun("train", "model=cnn", "model.channels=[8,16]", "model.head_hidden=128", "model.dropout=0.1",
-                     "initializer=kaiming_normal", "optimizer=adamw",
-                     "optimizer.lr=0.01", "scheduler=cosine", "scheduler.fn.warmup_epochs=0.2", "trainer.epochs=1",
-                     "trainer.grad_clip.max_norm=1", "trainer.l1=1e-5", "trainer.label_smoothing=0.1",
-                     "trainer.class_weights=balanced", "device=cpu", cwd=tmp_path)
+    proc = run_dlrun(
+        "train",
+        "model=cnn",
+        "model.channels=[8,16]",
+        "model.head_hidden=128",
+        "model.dropout=0.1",
+        "initializer=kaiming_normal",
+        "optimizer=adamw",
+        "optimizer.lr=0.01",
+        "scheduler=cosine",
+        "scheduler.fn.warmup_epochs=0.2",
+        "trainer.epochs=1",
+        "trainer.grad_clip.max_norm=1",
+        "trainer.l1=1e-5",
+        "trainer.label_smoothing=0.1",
+        "trainer.class_weights=balanced",
+        "device=cpu",
+        cwd=tmp_path,
+    )
     assert "input (1, 8, 8)" in proc.stdout
     run_dir = next((tmp_path / "outputs" / "runs").iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     total, trainable = metrics["parameters"]["total"], metrics["parameters"]["trainable"]
     assert f"model: {total:,} parameters ({trainable:,} trainable)" in proc.stdout
     log = (run_dir / "train.log").read_text()
-    assert ("initializer: dlrun.model.initializers.kaiming_normal_(nonlinearity=relu, mode=fan_in), biases zeroed; "
-            "applied to: features.0.0 (Conv2d (8, 1, 5, 5)), features.1.0 (Conv2d (16, 8, 5, 5)), "
-            "head.1 (Linear (128, 64)), head.4 (Linear (10, 128))") in log
+    assert (
+        "initializer: dlrun.model.initializers.kaiming_normal_(nonlinearity=relu, mode=fan_in), biases zeroed; "
+        "applied to: features.0.0 (Conv2d (8, 1, 5, 5)), features.1.0 (Conv2d (16, 8, 5, 5)), "
+        "head.1 (Linear (128, 64)), head.4 (Linear (10, 128))"
+    ) in log
     assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5

@@ -89,8 +89,7 @@ class UserNet(nn.Module):
 
     def __init__(self, in_shape, num_classes, width: int = 3):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), width),
-                                 nn.Linear(width, num_classes))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), width), nn.Linear(width, num_classes))
 
     def forward(self, x):
         return self.net(x)

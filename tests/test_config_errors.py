@@ -69,17 +69,28 @@ def test_a_bad_value_names_key_value_and_what_is_allowed(overrides, expected):
     [
         (["model.activation=rleu"], "model.activation=rleu", "did you mean 'relu'"),
         (["optimizer=adamm"], "optimizer=adamm: no such option", "did you mean 'adam'"),
-        (["optimizer._target_=torch.optim.Adamm"], "optimizer._target_=torch.optim.Adamm: no such optimizer",
-         "did you mean 'torch.optim.Adam'"),
+        (
+            ["optimizer._target_=torch.optim.Adamm"],
+            "optimizer._target_=torch.optim.Adamm: no such optimizer",
+            "did you mean 'torch.optim.Adam'",
+        ),
         (["initializer=xavier_unifrom"], "initializer=xavier_unifrom: no such option", "did you mean 'xavier_uniform'"),
-        (["initializer=xavier_uniform", "initializer.fn._target_=torch.nn.init.xavier_unifrom_"],
-         "initializer.fn._target_=torch.nn.init.xavier_unifrom_: no such initialisation function",
-         "did you mean 'torch.nn.init.xavier_uniform_'"),
-        (["initializer=kaiming_uniform", "initializer.fn.nonlinearity=tahn"],
-         "initializer.fn.nonlinearity=tahn: must be one of", "did you mean 'tanh'"),
+        (
+            ["initializer=xavier_uniform", "initializer.fn._target_=torch.nn.init.xavier_unifrom_"],
+            "initializer.fn._target_=torch.nn.init.xavier_unifrom_: no such initialisation function",
+            "did you mean 'torch.nn.init.xavier_uniform_'",
+        ),
+        (
+            ["initializer=kaiming_uniform", "initializer.fn.nonlinearity=tahn"],
+            "initializer.fn.nonlinearity=tahn: must be one of",
+            "did you mean 'tanh'",
+        ),
         (["trainer.epcohs=3"], "trainer.epcohs: no such key", "did you mean 'trainer.epochs'"),
-        (["+model.hiden_sizes=[10]"], "model.hiden_sizes=[10]: is not an argument of dlrun.model.MLP",
-         "did you mean 'hidden_sizes'"),
+        (
+            ["+model.hiden_sizes=[10]"],
+            "model.hiden_sizes=[10]: is not an argument of dlrun.model.MLP",
+            "did you mean 'hidden_sizes'",
+        ),
     ],
 )
 def test_a_typo_gets_the_closest_valid_name(overrides, start, suggestion):
@@ -120,6 +131,7 @@ def test_shipped_models_pass_on_their_datasets(option):
 
 
 # ---- property: random overrides give a clean error or a config that builds and trains a step ----
+
 
 def _known_keys() -> list[str]:
     keys = set(SCHEMA)
@@ -164,8 +176,11 @@ override = st.one_of(
     st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS), value),
     st.builds(lambda k, v: f"+{k}={v}", st.one_of(st.sampled_from(KEYS), word), value),
     st.builds(lambda k: f"~{k}", st.sampled_from(KEYS)),
-    st.builds(lambda g, o: f"{g}={o}", st.sampled_from(list(GROUP_CHOICES)),
-              st.one_of(st.sampled_from(sum(GROUP_CHOICES.values(), [])), word)),
+    st.builds(
+        lambda g, o: f"{g}={o}",
+        st.sampled_from(list(GROUP_CHOICES)),
+        st.one_of(st.sampled_from(sum(GROUP_CHOICES.values(), [])), word),
+    ),
     st.builds(lambda k, v: f"{k}={v}", word, value),
 )
 
@@ -200,8 +215,12 @@ def train_one_step(cfg) -> None:
     regime.after_step()
 
 
-@settings(max_examples=int(os.environ.get("DLRUN_HYPOTHESIS_EXAMPLES", 40)), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow], derandomize=os.environ.get("DLRUN_HYPOTHESIS_EXAMPLES") is None)
+@settings(
+    max_examples=int(os.environ.get("DLRUN_HYPOTHESIS_EXAMPLES", 40)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=os.environ.get("DLRUN_HYPOTHESIS_EXAMPLES") is None,
+)
 @given(overrides=st.lists(override, min_size=1, max_size=4))
 def test_random_overrides_give_a_clean_error_or_a_valid_config(overrides):
     try:
@@ -218,6 +237,7 @@ def test_random_overrides_give_a_clean_error_or_a_valid_config(overrides):
 
 
 # ---- through the command line: exit code, one line, traceback only on request ----
+
 
 def assert_one_line(proc, start: str, code: int = 2) -> str:
     assert proc.returncode == code, proc.stdout + proc.stderr
@@ -242,8 +262,14 @@ def test_cli_bad_value_stops_before_any_work(workdir):
 def test_cli_traceback_only_when_asked(workdir, debug):
     args, env = (["--verbose"], {}) if debug == "--verbose" else ([], {"HYDRA_FULL_ERROR": "1"})
     # run_dlrun drops HYDRA_FULL_ERROR from the environment, so call the entry point directly.
-    proc = subprocess.run([DLRUN, "train", "trainer.epochs=0", *args], cwd=workdir, capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    proc = subprocess.run(
+        [DLRUN, "train", "trainer.epochs=0", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
     assert "trainer.epochs=0: must be an integer >= 1" in proc.stderr
@@ -258,6 +284,16 @@ def test_cli_output_dir_that_cannot_be_written(workdir):
 
 
 def test_hypothesis_keys_cover_the_issue_groups():
-    for key in ("optimizer.lr", "optimizer.momentum", "model.dropout", "trainer.epochs", "trainer.batch_size",
-                "trainer.val_fraction", "model.activation", "model.hidden_sizes", "model.channels", "dataset.root"):
+    for key in (
+        "optimizer.lr",
+        "optimizer.momentum",
+        "model.dropout",
+        "trainer.epochs",
+        "trainer.batch_size",
+        "trainer.val_fraction",
+        "model.activation",
+        "model.hidden_sizes",
+        "model.channels",
+        "dataset.root",
+    ):
         assert key in KEYS

@@ -20,8 +20,15 @@ from dlrun.data import CACHE_NAME, FileSplit, load_data, make_loaders
 
 CIFAR = {
     # config name: (torchvision folder, train files, test files, meta file, label key, meta key, classes)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
-                "labels", "label_names", 10),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        "labels",
+        "label_names",
+        10,
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names", 100),
 }
 
@@ -82,8 +89,9 @@ def write_idx_set(root, folder: str, gz: bool = True):
 # The MNIST family and the uint8 cache
 
 
-@pytest.mark.parametrize("name, folder, first_class",
-                         [("fashion_mnist", "FashionMNIST", "T-shirt/top"), ("kmnist", "KMNIST", "o")])
+@pytest.mark.parametrize(
+    "name, folder, first_class", [("fashion_mnist", "FashionMNIST", "T-shirt/top"), ("kmnist", "KMNIST", "o")]
+)
 def test_mnist_family_reads_its_own_folder(tmp_path, name, folder, first_class):
     train_x, train_y, test_x, test_y = write_idx_set(tmp_path, folder)
     data = load_data(dataset_config(f"dataset={name}", f"dataset.root={tmp_path}", "dataset.download=false"), 0, 0.1)
@@ -177,9 +185,17 @@ def test_dlrun_trains_on_cifar_found_through_dlrun_data_dir(tmp_path):
     # config augments (crop and flip) on the device; bf16 and channels-last batches reach a CNN.
     write_cifar(tmp_path / "data", "cifar10", per_file=8, n_test=12)
     run_dir = tmp_path / "run"
-    proc = run_dlrun("train", "dataset=cifar10", "model=cnn", "model.channels=[4]", "trainer.epochs=1",
-                     "trainer.precision=bf16", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                     env={"DLRUN_DATA_DIR": str(tmp_path / "data")})
+    proc = run_dlrun(
+        "train",
+        "dataset=cifar10",
+        "model=cnn",
+        "model.channels=[4]",
+        "trainer.epochs=1",
+        "trainer.precision=bf16",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        env={"DLRUN_DATA_DIR": str(tmp_path / "data")},
+    )
     assert "input (3, 32, 32)" in proc.stdout and "bf16" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["precision"] == "bf16"
@@ -205,8 +221,13 @@ def test_each_dataset_sets_the_default_epochs():
 
 def test_image_folder_without_split_folders_is_split_by_seed(tmp_path):
     write_pngs(tmp_path, per_class=10)
-    cfg = dataset_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.resize=8",
-                         "dataset.test_fraction=0.2", "dataset.num_workers=0")
+    cfg = dataset_config(
+        "dataset=image_folder",
+        f"dataset.root={tmp_path}",
+        "dataset.resize=8",
+        "dataset.test_fraction=0.2",
+        "dataset.num_workers=0",
+    )
     data = load_data(cfg, seed=0, val_fraction=0.25)
     assert data.classes == ["cat", "dog", "owl"] and data.in_shape == (3, 8, 8)
     assert (len(data.train), len(data.val), len(data.test)) == (18, 6, 6)
@@ -222,8 +243,7 @@ def test_image_folder_uses_train_val_test_folders(tmp_path):
     write_pngs(tmp_path / "train", per_class=4)
     write_pngs(tmp_path / "val", per_class=2, seed=1)
     write_pngs(tmp_path / "test", per_class=3, seed=2)
-    cfg = dataset_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.resize=null",
-                         "dataset.normalize=dataset")
+    cfg = dataset_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.resize=null", "dataset.normalize=dataset")
     data = load_data(cfg, seed=0, val_fraction=0.5)
     assert (len(data.train), len(data.val), len(data.test)) == (12, 6, 9)
     assert data.in_shape == (3, 12, 10)  # the files' own size, as height x width
@@ -251,8 +271,13 @@ def test_truncated_image_names_the_file(tmp_path, workers):
     write_pngs(tmp_path, per_class=2)
     bad = tmp_path / "dog" / "1.png"
     bad.write_bytes(bad.read_bytes()[:60])
-    cfg = compose_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.resize=8",
-                         f"dataset.num_workers={workers}", "dataset.test_fraction=0.5")
+    cfg = compose_config(
+        "dataset=image_folder",
+        f"dataset.root={tmp_path}",
+        "dataset.resize=8",
+        f"dataset.num_workers={workers}",
+        "dataset.test_fraction=0.5",
+    )
     data = load_data(cfg.dataset, 0, 0.25)
     with pytest.raises(DataError) as caught:
         for loader in make_loaders(data, cfg, "cpu"):
@@ -263,8 +288,13 @@ def test_truncated_image_names_the_file(tmp_path, workers):
 def test_images_of_different_sizes_need_resize(tmp_path):
     write_pngs(tmp_path, per_class=2)
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(tmp_path / "owl" / "small.png")
-    cfg = compose_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.resize=null",
-                         "dataset.num_workers=0", "dataset.test_fraction=0.3")
+    cfg = compose_config(
+        "dataset=image_folder",
+        f"dataset.root={tmp_path}",
+        "dataset.resize=null",
+        "dataset.num_workers=0",
+        "dataset.test_fraction=0.3",
+    )
     with pytest.raises(DataError, match="dataset.resize"):
         data = load_data(cfg.dataset, 0, 0.25)
         for loader in make_loaders(data, cfg, "cpu"):
@@ -276,9 +306,19 @@ def test_dlrun_trains_on_an_image_folder(tmp_path):
     write_pngs(tmp_path / "pics" / "train", per_class=6)
     write_pngs(tmp_path / "pics" / "test", per_class=3, seed=1)
     run_dir = tmp_path / "run"
-    run_dlrun("train", "dataset=image_folder", f"dataset.root={tmp_path / 'pics'}", "dataset.resize=16",
-              "dataset.num_workers=1", "dataset.augment.hflip=true", "model=cnn", "model.channels=[4]",
-              "trainer.epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    run_dlrun(
+        "train",
+        "dataset=image_folder",
+        f"dataset.root={tmp_path / 'pics'}",
+        "dataset.resize=16",
+        "dataset.num_workers=1",
+        "dataset.augment.hflip=true",
+        "model=cnn",
+        "model.channels=[4]",
+        "trainer.epochs=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs_completed"] == 2
     rows = (run_dir / "confusion_matrix.csv").read_text().splitlines()

@@ -32,8 +32,15 @@ from dlrun.engine import checkpoint, ddp
 from dlrun.engine.run import RunContext
 
 # fp32: the comparison is about DDP, not about bf16 rounding (precision=auto picks bf16 on some CPUs).
-COMMON = ["model=mlp", "trainer.epochs=2", "trainer.precision=32", "logging.misclassified=0", "logging.graph=false",
-          "logging.confusion_matrix_every=0", "seed=7"]
+COMMON = [
+    "model=mlp",
+    "trainer.epochs=2",
+    "trainer.precision=32",
+    "logging.misclassified=0",
+    "logging.graph=false",
+    "logging.confusion_matrix_every=0",
+    "seed=7",
+]
 # `python -m dlrun`, as torchrun -m runs it, with rank 1 starting late, as on a slower node:
 # the ranks' Hydra clocks then differ and only the shared clock keeps them in one directory.
 LATE_RANK_1 = """
@@ -87,8 +94,10 @@ def split_of(n: int) -> Split:
 @pytest.mark.parametrize("n,batch,world", [(1294, 32, 2), (13, 3, 2), (100, 8, 3), (7, 4, 4)])
 def test_rank_shards_make_up_the_single_process_batches(n, batch, world):
     single = DeviceLoader(split_of(n), batch * world, "cpu", (0.0,), (1.0,), shuffle=True, seed=5)
-    ranks = [DeviceLoader(split_of(n), batch, "cpu", (0.0,), (1.0,), shuffle=True, seed=5, rank=r, world_size=world)
-             for r in range(world)]
+    ranks = [
+        DeviceLoader(split_of(n), batch, "cpu", (0.0,), (1.0,), shuffle=True, seed=5, rank=r, world_size=world)
+        for r in range(world)
+    ]
     assert len({len(loader) for loader in ranks}) == 1, "every rank must take as many steps, or DDP would hang"
     for _ in range(2):  # two epochs: the permutation changes, and stays shared
         one = [set(y.tolist()) for _, y in single]
@@ -105,8 +114,11 @@ def test_rank_shards_make_up_the_single_process_batches(n, batch, world):
 
 @pytest.mark.parametrize("n,world", [(144, 2), (359, 3), (2, 4)])
 def test_evaluation_shards_cover_each_sample_once(n, world):
-    seen = [y.tolist() for r in range(world)
-            for _, y in DeviceLoader(split_of(n), 50, "cpu", (0.0,), (1.0,), shuffle=False, rank=r, world_size=world)]
+    seen = [
+        y.tolist()
+        for r in range(world)
+        for _, y in DeviceLoader(split_of(n), 50, "cpu", (0.0,), (1.0,), shuffle=False, rank=r, world_size=world)
+    ]
     assert sorted(sum(seen, [])) == list(range(n))
 
 
@@ -119,14 +131,20 @@ def failure(rank: int, exitcode: int, tmp_path: Path, message: str | None = None
 
 def test_failure_names_the_rank_that_died_not_the_ones_stopped_after_it(tmp_path):
     message, code = launch.describe_failure(
-        {0: failure(0, -signal.SIGTERM, tmp_path), 1: failure(1, -signal.SIGKILL, tmp_path)}, tmp_path / "run", "train")
+        {0: failure(0, -signal.SIGTERM, tmp_path), 1: failure(1, -signal.SIGKILL, tmp_path)}, tmp_path / "run", "train"
+    )
     assert message.startswith("rank 1 was killed by SIGKILL (pid 1001)")
     assert "rank 0" not in message and "train.rank1.log" in message
     assert code == 1
 
     message, code = launch.describe_failure(
-        {0: failure(0, ddp.PEER_LOST_EXIT, tmp_path, "stopped: lost contact with another rank"),
-         1: failure(1, 2, tmp_path, "dataset.root=/nowhere: MNIST files not found")}, tmp_path / "run", "train")
+        {
+            0: failure(0, ddp.PEER_LOST_EXIT, tmp_path, "stopped: lost contact with another rank"),
+            1: failure(1, 2, tmp_path, "dataset.root=/nowhere: MNIST files not found"),
+        },
+        tmp_path / "run",
+        "train",
+    )
     assert message.startswith("rank 1 exited with code 2: dataset.root=/nowhere: MNIST files not found")
     assert code == 2  # a config or data error keeps its exit code through the launcher
 
@@ -152,8 +170,7 @@ def test_scale_lr_multiplies_by_the_world_size(monkeypatch, world, enabled, lr):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ddp")
-    proc = run_dlrun("train", "trainer.devices=2", "device=cpu", "trainer.batch_size=32", *COMMON, cwd=workdir,
-                     timeout=240)
+    proc = run_dlrun("train", "trainer.devices=2", "device=cpu", "trainer.batch_size=32", *COMMON, cwd=workdir, timeout=240)
     return proc, only_run_dir(workdir)
 
 
@@ -213,9 +230,25 @@ def test_torchrun_ranks_share_one_run_directory(tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script), "train", "device=cpu",
-         "trainer.epochs=1", "logging.misclassified=0", "logging.graph=false", "logging.confusion_matrix_every=0"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            str(script),
+            "train",
+            "device=cpu",
+            "trainer.epochs=1",
+            "logging.misclassified=0",
+            "logging.graph=false",
+            "logging.confusion_matrix_every=0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_dir = only_run_dir(tmp_path)
     assert json.loads((run_dir / "metrics.json").read_text())["world_size"] == 2
@@ -227,8 +260,17 @@ def killed_run(tmp_path_factory):
     """The 2-process run with rank 1 killed at its 5th step; what it left, read before anything resumes it."""
     workdir = tmp_path_factory.mktemp("killed")
     start = time.time()
-    proc = run_dlrun("train", "trainer.devices=2", "device=cpu", "trainer.batch_size=32", *COMMON, cwd=workdir,
-                     env={ddp.KILL_ENV: "1:5"}, check=False, timeout=120)
+    proc = run_dlrun(
+        "train",
+        "trainer.devices=2",
+        "device=cpu",
+        "trainer.batch_size=32",
+        *COMMON,
+        cwd=workdir,
+        env={ddp.KILL_ENV: "1:5"},
+        check=False,
+        timeout=120,
+    )
     ended = time.time()
     run_dir = only_run_dir(workdir)
     status = json.loads((run_dir / "metrics.json").read_text())["status"]
@@ -268,8 +310,9 @@ def test_resume_after_a_rank_died_continues_as_if_never_stopped(killed_run, ddp_
 def test_two_gpus_with_nccl_match_one_gpu(tmp_path):
     (tmp_path / "ddp").mkdir()
     (tmp_path / "one").mkdir()
-    proc = run_dlrun("train", "trainer.devices=2", "device=cuda", "trainer.batch_size=32", *COMMON,
-                     cwd=tmp_path / "ddp", timeout=240)
+    proc = run_dlrun(
+        "train", "trainer.devices=2", "device=cuda", "trainer.batch_size=32", *COMMON, cwd=tmp_path / "ddp", timeout=240
+    )
     assert "launching 2 processes (nccl on cuda)" in proc.stdout
     run_dlrun("train", "device=cuda", "trainer.batch_size=64", *COMMON, cwd=tmp_path / "one", timeout=240)
     # GPU kernels (and nccl's reduction order) differ from the CPU's: a looser tolerance.

@@ -29,8 +29,15 @@ STEPS_PER_EPOCH = 21  # ceil(1294 training digits / batch 64)
 
 def start(*args: str, cwd: Path, **kw) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen([DLRUN, *args], cwd=cwd, env={**env, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    proc = subprocess.Popen(
+        [DLRUN, *args],
+        cwd=cwd,
+        env={**env, "PYTHONHASHSEED": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
     watchdog = threading.Timer(300, proc.kill)  # never hang the suite
     watchdog.daemon = True
     watchdog.start()
@@ -100,8 +107,11 @@ def test_sigterm_saves_the_run_and_resume_equals_an_uninterrupted_run(reference_
 
     assert proc.returncode == 143, err
     (line,) = err.strip().splitlines()
-    match = re.fullmatch(r"dlrun: error: interrupted by SIGTERM at step (\d+) \(epoch (\d+)\); last\.pt holds epoch "
-                         rf"(\d+): continue with `dlrun train resume={re.escape(str(run))}`", line)
+    match = re.fullmatch(
+        r"dlrun: error: interrupted by SIGTERM at step (\d+) \(epoch (\d+)\); last\.pt holds epoch "
+        rf"(\d+): continue with `dlrun train resume={re.escape(str(run))}`",
+        line,
+    )
     assert match, line
     step, last_epoch = int(match[1]), int(match[3])
     metrics = read_metrics(run)
@@ -156,13 +166,25 @@ def test_a_nan_loss_stops_the_run_at_that_step(tmp_path):
     # The lr grows ten-thousandfold each epoch; losses are read only once an epoch (log_every_n_steps=1000),
     # yet the step reported is the first one whose loss is not finite.
     args = [a for a in REFERENCE_ARGS if not a.startswith(("trainer.epochs", "trainer.log_every"))]
-    proc = run_dlrun("train", *args, "trainer.epochs=8", "trainer.log_every_n_steps=1000", "scheduler=exponential",
-                     "scheduler.fn.gamma=10000", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = run_dlrun(
+        "train",
+        *args,
+        "trainer.epochs=8",
+        "trainer.log_every_n_steps=1000",
+        "scheduler=exponential",
+        "scheduler.fn.gamma=10000",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        check=False,
+    )
     run = tmp_path / "run"
     assert proc.returncode == 1, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    match = re.match(r"dlrun: error: diverged: train loss is (nan|inf) at step (\d+) \(epoch (\d+)\); "
-                     r"last finite train loss \S+ at step (\d+)\.", line)
+    match = re.match(
+        r"dlrun: error: diverged: train loss is (nan|inf) at step (\d+) \(epoch (\d+)\); "
+        r"last finite train loss \S+ at step (\d+)\.",
+        line,
+    )
     assert match, line
     step, epoch = int(match[2]), int(match[3])
     assert int(match[4]) == step - 1
@@ -187,10 +209,21 @@ def test_a_nan_loss_stops_the_run_at_that_step(tmp_path):
 
 def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
     args = [a for a in REFERENCE_ARGS if not a.startswith("trainer.epochs")]
-    proc = run_dlrun("train", "-m", *args, "trainer.epochs=4", "scheduler=exponential", "scheduler.fn.gamma=1,10000",
-                     "hydra.sweep.dir=sweep", cwd=tmp_path, check=False)
-    statuses = {re.search(r"scheduler\.fn\.gamma=(\d+)", p.parent.name)[1]: json.loads(p.read_text())["status"]
-                for p in (tmp_path / "sweep").glob("*/metrics.json")}
+    proc = run_dlrun(
+        "train",
+        "-m",
+        *args,
+        "trainer.epochs=4",
+        "scheduler=exponential",
+        "scheduler.fn.gamma=1,10000",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        check=False,
+    )
+    statuses = {
+        re.search(r"scheduler\.fn\.gamma=(\d+)", p.parent.name)[1]: json.loads(p.read_text())["status"]
+        for p in (tmp_path / "sweep").glob("*/metrics.json")
+    }
     assert statuses == {"1": "completed", "10000": "diverged"}, proc.stderr
     assert proc.returncode == 0, proc.stderr  # a diverged job is an answer, not a failure
 
@@ -204,13 +237,22 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(reference_run, tmp_p
     def small_disk():  # no file may grow past 100 kB: the next checkpoint cannot be written
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    proc = subprocess.run([DLRUN, "train", "resume=run", "trainer.epochs=4"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, preexec_fn=small_disk,
-                          env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    proc = subprocess.run(
+        [DLRUN, "train", "resume=run", "trainer.epochs=4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_disk,
+        env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
+    )
     assert proc.returncode == 1, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert re.match(rf"dlrun: error: cannot write {re.escape(str(run))}/(best|last)\.pt: File too large\. Files "
-                    r"written before are intact", line), line
+    assert re.match(
+        rf"dlrun: error: cannot write {re.escape(str(run))}/(best|last)\.pt: File too large\. Files "
+        r"written before are intact",
+        line,
+    ), line
     for name, data in before.items():
         assert (run / name).read_bytes() == data, f"{name} changed"
     assert not list(run.glob(".*.tmp")), "a half-written file was left behind"
@@ -221,8 +263,18 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(reference_run, tmp_p
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA out of memory needs a CUDA GPU")
 def test_cuda_out_of_memory_names_the_batch_size(tmp_path):
     # 256 images of 512x512 through 4096 channels need about a terabyte of activations.
-    proc = run_dlrun("train", "device=cuda", "model=cnn", "model.channels=[4096]", "dataset.resize=512",
-                     "trainer.batch_size=256", "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = run_dlrun(
+        "train",
+        "device=cuda",
+        "model=cnn",
+        "model.channels=[4096]",
+        "dataset.resize=512",
+        "trainer.batch_size=256",
+        "trainer.epochs=1",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("dlrun: error: CUDA out of memory on cuda")

@@ -66,8 +66,14 @@ def test_xavier_bounds_and_std():
 
 
 # He's gain for each activation; elu and gelu borrow relu's, leaky_relu uses nn.LeakyReLU's slope 0.01.
-GAINS = {"relu": math.sqrt(2), "gelu": math.sqrt(2), "elu": math.sqrt(2), "tanh": 5 / 3, "sigmoid": 1.0,
-         "leaky_relu": math.sqrt(2 / (1 + 0.01**2))}
+GAINS = {
+    "relu": math.sqrt(2),
+    "gelu": math.sqrt(2),
+    "elu": math.sqrt(2),
+    "tanh": 5 / 3,
+    "sigmoid": 1.0,
+    "leaky_relu": math.sqrt(2 / (1 + 0.01**2)),
+}
 
 
 @pytest.mark.parametrize("activation", list(GAINS))

@@ -11,8 +11,14 @@ import pytest
 import dlrun
 from dlrun.core.errors import DlrunError
 
-QUICK = ["trainer.epochs=2", "device=cpu", "trainer.precision=32", "logging.graph=false", "logging.misclassified=0",
-         "logging.confusion_matrix_every=0"]
+QUICK = [
+    "trainer.epochs=2",
+    "device=cpu",
+    "trainer.precision=32",
+    "logging.graph=false",
+    "logging.misclassified=0",
+    "logging.confusion_matrix_every=0",
+]
 
 
 def test_import_dlrun_loads_neither_torch_nor_hydra():
@@ -47,11 +53,14 @@ def test_a_second_run_in_the_same_process_gives_the_same_numbers(two_runs):
     assert first.metrics["test"] == second.metrics["test"]
 
 
-@pytest.mark.parametrize("overrides, line", [
-    (["optimizer.lr=-1"], "optimizer.lr=-1: must be a number > 0"),
-    (["model=mpl"], "model=mpl: no such option; did you mean 'mlp'?"),
-    (["trainer.epoch=3"], "trainer.epoch: no such key; did you mean 'trainer.epochs'?"),
-])
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (["optimizer.lr=-1"], "optimizer.lr=-1: must be a number > 0"),
+        (["model=mpl"], "model=mpl: no such option; did you mean 'mlp'?"),
+        (["trainer.epoch=3"], "trainer.epoch: no such key; did you mean 'trainer.epochs'?"),
+    ],
+)
 def test_a_bad_override_raises_dlruns_error_with_the_commands_line(overrides, line, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DlrunError) as raised:

@@ -124,8 +124,13 @@ def test_dlrun_trains_on_tiny_mnist(tmp_path):
     write_mnist(tmp_path / "data", gz=True)
     run_dir = tmp_path / "run"
     proc = run_dlrun(
-        "train", "dataset=mnist", f"dataset.root={tmp_path / 'data'}", "trainer.epochs=1", "model=logistic",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "train",
+        "dataset=mnist",
+        f"dataset.root={tmp_path / 'data'}",
+        "trainer.epochs=1",
+        "model=logistic",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert "mnist" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -50,11 +50,21 @@ def test_the_course_mlps_have_their_parameter_counts_on_mnist():
     assert count_parameters(build("model=mlp", "model.hidden_sizes=[50,50]")) == count_parameters(build("model=mlp_50_50"))
 
 
-@pytest.mark.parametrize(("name", "module"), [("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh), ("relu", nn.ReLU),
-                                              ("leaky_relu", nn.LeakyReLU), ("elu", nn.ELU), ("gelu", nn.GELU)])
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("sigmoid", nn.Sigmoid),
+        ("tanh", nn.Tanh),
+        ("relu", nn.ReLU),
+        ("leaky_relu", nn.LeakyReLU),
+        ("elu", nn.ELU),
+        ("gelu", nn.GELU),
+    ],
+)
 def test_mlp_activation_dropout_and_batch_norm_in_the_courses_order(name, module):
-    net = build("model=mlp", "model.hidden_sizes=[20,10]", f"model.activation={name}", "model.dropout=0.3",
-                "model.batch_norm=true")
+    net = build(
+        "model=mlp", "model.hidden_sizes=[20,10]", f"model.activation={name}", "model.dropout=0.3", "model.batch_norm=true"
+    )
     kinds = [type(m) for m in net.layers]
     block = [nn.Linear, nn.BatchNorm1d, module, nn.Dropout]
     assert kinds == block + block + [nn.Linear]
@@ -63,14 +73,25 @@ def test_mlp_activation_dropout_and_batch_norm_in_the_courses_order(name, module
 
 
 def test_unknown_activation_is_one_line():
-    assert build_error("model=mlp", "model.activation=swish") == \
-        "model.activation=swish: must be one of sigmoid, tanh, relu, leaky_relu, elu, gelu"
+    assert (
+        build_error("model=mlp", "model.activation=swish")
+        == "model.activation=swish: must be one of sigmoid, tanh, relu, leaky_relu, elu, gelu"
+    )
 
 
 def test_cnn_takes_per_block_settings_and_sizes_its_head_by_a_dry_pass():
-    net = build("model=cnn", "model.channels=[8,16,4]", "model.kernel_size=[5,3,3]", "model.stride=[1,2,1]",
-                "model.padding=[2,1,0]", "model.pooling=[max,avg,none]", "model.batch_norm=[true,false,true]",
-                "model.dropout=[0.1,0,0.2]", "model.activation=[relu,tanh,elu]", "model.head_hidden=0")
+    net = build(
+        "model=cnn",
+        "model.channels=[8,16,4]",
+        "model.kernel_size=[5,3,3]",
+        "model.stride=[1,2,1]",
+        "model.padding=[2,1,0]",
+        "model.pooling=[max,avg,none]",
+        "model.batch_norm=[true,false,true]",
+        "model.dropout=[0.1,0,0.2]",
+        "model.activation=[relu,tanh,elu]",
+        "model.head_hidden=0",
+    )
     b1, b2, b3 = net.features
     assert [type(m) for m in b1] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Dropout2d]
     assert [type(m) for m in b2] == [nn.Conv2d, nn.Tanh, nn.AvgPool2d]
@@ -84,9 +105,17 @@ def test_cnn_takes_per_block_settings_and_sizes_its_head_by_a_dry_pass():
 
 def test_cnn_checks_its_lists_and_the_shrinking_feature_map():
     assert build_error("model=cnn", "model.channels=[8,8,8]", "model.kernel_size=[3,5]").startswith(
-        "model.kernel_size=[3, 5]: must be one value or a list of 3, one per block")
-    message = build_error("model=cnn", "model.channels=[4,4,4,4,4]", "model.kernel_size=3", "model.stride=1",
-                          "model.pooling=max", "model.padding=0", in_shape=(1, 8, 8))
+        "model.kernel_size=[3, 5]: must be one value or a list of 3, one per block"
+    )
+    message = build_error(
+        "model=cnn",
+        "model.channels=[4,4,4,4,4]",
+        "model.kernel_size=3",
+        "model.stride=1",
+        "model.pooling=max",
+        "model.padding=0",
+        in_shape=(1, 8, 8),
+    )
     assert message.startswith("model.channels=[4, 4, 4, 4, 4]: the feature map of a 8x8 input shrinks to nothing in block 3")
     with pytest.raises(ConfigError, match="model=cnn: needs images"):
         CNN(in_shape=(2,), num_classes=2)
@@ -136,7 +165,8 @@ def test_torchvision_model_by_name_with_grey_small_images_and_resize():
     squeeze = build("model=torchvision", "model.name=squeezenet1_1", "model.resize=64", in_shape=(1, 8, 8), num_classes=4)
     assert squeeze(torch.randn(2, 1, 8, 8)).shape == (2, 4)
     assert build_error("model=torchvision", "model.name=resnet19", in_shape=(1, 8, 8)).startswith(
-        "model.name=resnet19: must be a torchvision classification model; did you mean 'resnet18'")
+        "model.name=resnet19: must be a torchvision classification model; did you mean 'resnet18'"
+    )
 
 
 def test_weights_from_a_local_file(tmp_path):

@@ -62,8 +62,10 @@ def test_exponential_decays_every_epoch():
 
 def test_cosine_warms_up_linearly_then_follows_the_cosine_every_step():
     total, warmup = EPOCHS * STEPS, STEPS  # warmup_epochs 1
-    expected = [LR * (t + 1) / warmup if t < warmup else LR * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
-                for t in range(total)]
+    expected = [
+        LR * (t + 1) / warmup if t < warmup else LR * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
+        for t in range(total)
+    ]
     got = lr_per_step("cosine")
     assert got == pytest.approx(expected)
     assert got[warmup - 1] == got[warmup] == pytest.approx(LR) and got[-1] < 0.01 * LR
@@ -96,14 +98,17 @@ def test_plateau_cuts_the_lr_when_the_monitored_metric_stalls():
         lr_per_step("plateau", "scheduler.interval=step")
 
 
-@pytest.mark.parametrize(("option", "expected"), [
-    ("sgd", {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 1e-4}),
-    ("adam", {"betas": (0.8, 0.99), "weight_decay": 1e-4}),
-    ("adamw", {"weight_decay": 0.05}),
-    ("adadelta", {"rho": 0.95}),
-    ("rmsprop", {"alpha": 0.9, "momentum": 0.5, "centered": True}),
-    ("adagrad", {"lr_decay": 0.01}),
-])
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("sgd", {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 1e-4}),
+        ("adam", {"betas": (0.8, 0.99), "weight_decay": 1e-4}),
+        ("adamw", {"weight_decay": 0.05}),
+        ("adadelta", {"rho": 0.95}),
+        ("rmsprop", {"alpha": 0.9, "momentum": 0.5, "centered": True}),
+        ("adagrad", {"lr_decay": 0.01}),
+    ],
+)
 def test_optimizer_options_reach_torch(option, expected):
     overrides = [f"optimizer.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in expected.items()]
     cfg = compose_config(f"optimizer={option}", *overrides)
@@ -174,12 +179,14 @@ def test_label_smoothing_and_class_weights_shape_the_loss():
     logits, target = torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 1, 2])
     cfg = compose_config("trainer.label_smoothing=0.2")
     assert build_loss(cfg.trainer, target, 3)(logits, target) == pytest.approx(
-        F.cross_entropy(logits, target, label_smoothing=0.2).item())
+        F.cross_entropy(logits, target, label_smoothing=0.2).item()
+    )
     balanced = build_loss(compose_config("trainer.class_weights=balanced").trainer, target, 3)
     assert balanced.weight.tolist() == pytest.approx([6 / (3 * 4), 6 / 3, 6 / 3])
     given = build_loss(compose_config("trainer.class_weights=[1,2,3]").trainer, target, 3)
     assert given(logits, target).item() == pytest.approx(
-        F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 3.0])).item())
+        F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 3.0])).item()
+    )
     # The config check knows the shipped datasets' class counts; the loss checks against the data itself.
     with pytest.raises(ConfigError, match=r"trainer.class_weights=\[1, 2\]: must have 3 weights, one per class"):
         build_loss(compose_config("trainer.class_weights=[1,2]").trainer, target, 3)
@@ -199,17 +206,28 @@ def stop_epoch(early: EarlyStopping, values: list[float], key: str = "val/f1") -
 def test_early_stopping_stops_when_the_metric_stalls():
     early = stopper("trainer.early_stopping.patience=2")
     assert stop_epoch(early, [0.5, 0.6, 0.6, 0.59, 0.9]) == 4
-    assert early.summary() == {"monitor": "val/f1", "mode": "max", "patience": 2, "min_delta": 0.0, "stopped": True,
-                               "stopped_epoch": 4, "best_epoch": 2, "best": 0.6}
+    assert early.summary() == {
+        "monitor": "val/f1",
+        "mode": "max",
+        "patience": 2,
+        "min_delta": 0.0,
+        "stopped": True,
+        "stopped_epoch": 4,
+        "best_epoch": 2,
+        "best": 0.6,
+    }
     assert stop_epoch(stopper("trainer.early_stopping.patience=2"), [0.1 * e for e in range(1, 9)]) is None
     # Improvements of at most min_delta do not count.
-    assert stop_epoch(stopper("trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=0.05"),
-                      [0.5, 0.52, 0.54, 0.56]) == 3
+    assert (
+        stop_epoch(stopper("trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=0.05"), [0.5, 0.52, 0.54, 0.56])
+        == 3
+    )
 
 
 def test_early_stopping_minimises_a_loss_and_never_stops_without_patience():
-    early = stopper("trainer.early_stopping.patience=1", "trainer.early_stopping.monitor=train/loss",
-                    "trainer.early_stopping.mode=min")
+    early = stopper(
+        "trainer.early_stopping.patience=1", "trainer.early_stopping.monitor=train/loss", "trainer.early_stopping.mode=min"
+    )
     assert stop_epoch(early, [1.0, 0.8, 0.7, 0.75], key="train/loss") == 4
     never = stopper()
     assert not never.enabled and stop_epoch(never, [0.5] * 20) is None

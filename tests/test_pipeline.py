@@ -50,8 +50,11 @@ def test_batches_match_torchvision_totensor_normalize(tmp_path):
     write_idx_set(tmp_path, "MNIST", gz=False)
     cfg = compose_config("dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=false")
     data = load_data(cfg.dataset, 0, 0.1)
-    standard = datasets.MNIST(str(tmp_path), train=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(data.mean, data.std)]))
+    standard = datasets.MNIST(
+        str(tmp_path),
+        train=False,
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(data.mean, data.std)]),
+    )
     ours = DeviceLoader(data.test, 4, "cpu", data.mean, data.std, shuffle=False)
     pairs = list(zip(ours, DataLoader(standard, batch_size=4)))
     assert len(pairs) == len(ours) == 3
@@ -71,14 +74,17 @@ def test_batches_match_torchvision_totensor_normalize(tmp_path):
 def test_file_loader_matches_torchvision_image_folder(tmp_path):
     write_pngs(tmp_path / "train", per_class=3)
     write_pngs(tmp_path / "test", per_class=2, seed=1)
-    cfg = compose_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.resize=[6,7]",
-                         "dataset.num_workers=2")
+    cfg = compose_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.resize=[6,7]", "dataset.num_workers=2")
     data = load_data(cfg.dataset, 0, 0.3)
     train, val, test = make_loaders(data, cfg, "cpu")
     assert isinstance(test, FileLoader) and data.in_shape == (3, 6, 7)
-    standard = datasets.ImageFolder(str(tmp_path / "test"), transform=transforms.Compose(
-        [transforms.Resize((6, 7)), transforms.ToTensor(), transforms.Normalize(data.mean, data.std)]))
-    (x, y), = list(test)
+    standard = datasets.ImageFolder(
+        str(tmp_path / "test"),
+        transform=transforms.Compose(
+            [transforms.Resize((6, 7)), transforms.ToTensor(), transforms.Normalize(data.mean, data.std)]
+        ),
+    )
+    ((x, y),) = list(test)
     x_ref, y_ref = next(iter(DataLoader(standard, batch_size=len(standard))))
     torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-5)
     assert torch.equal(y, y_ref)
@@ -103,7 +109,7 @@ def test_random_crop_takes_a_window_of_the_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
     for i in range(len(x)):
-        found = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy:dy + 5, dx:dx + 6])]
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[i], padded[i, :, dy : dy + 5, dx : dx + 6])]
         assert found
         offsets.add(found[0])
     assert len(offsets) > 10  # each sample its own offset
@@ -150,9 +156,19 @@ def spiral_runs(tmp_path_factory):
     results = {}
     for precision in ("32", "bf16"):
         run_dir = tmp_path_factory.mktemp("runs") / precision
-        run_dlrun("train", "dataset=spiral", "model.hidden_sizes=[64,64]", "optimizer=adam", "optimizer.lr=0.01",
-                  "trainer.epochs=8", f"trainer.precision={precision}", "logging.confusion_matrix_every=0",
-                  "logging.graph=false", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+        run_dlrun(
+            "train",
+            "dataset=spiral",
+            "model.hidden_sizes=[64,64]",
+            "optimizer=adam",
+            "optimizer.lr=0.01",
+            "trainer.epochs=8",
+            f"trainer.precision={precision}",
+            "logging.confusion_matrix_every=0",
+            "logging.graph=false",
+            f"hydra.run.dir={run_dir}",
+            cwd=run_dir.parent,
+        )
         results[precision] = json.loads((run_dir / "metrics.json").read_text())
     return results
 

@@ -62,24 +62,28 @@ def test_files_that_are_not_dlrun_checkpoints(tmp_path):
         checkpoint.load(tmp_path / "missing.pt")
 
 
-@pytest.mark.parametrize("target, ok", [
-    ("dlrun.model.MLP", True),
-    ("torchvision.models.resnet18", True),
-    ("torch.nn.Linear", True),
-    ("torchmetrics.MeanMetric", True),
-    ("torchx.Net", False),
-    ("os.system", False),
-    ("builtins.exec", False),
-    ("torch.hub.load", False),
-    ("torch.load", False),
-    ("torch.utils.cpp_extension.load_inline", False),
-    ("torch._C._nn", False),
-])
+@pytest.mark.parametrize(
+    "target, ok",
+    [
+        ("dlrun.model.MLP", True),
+        ("torchvision.models.resnet18", True),
+        ("torch.nn.Linear", True),
+        ("torchmetrics.MeanMetric", True),
+        ("torchx.Net", False),
+        ("os.system", False),
+        ("builtins.exec", False),
+        ("torch.hub.load", False),
+        ("torch.load", False),
+        ("torch.utils.cpp_extension.load_inline", False),
+        ("torch._C._nn", False),
+    ],
+)
 def test_the_allow_list(target, ok):
     assert allowed(target) is ok
 
 
 # ---- `dlrun eval` on a real run ----
+
 
 @pytest.fixture(scope="module")
 def run_dir(reference_run):
@@ -151,8 +155,7 @@ def test_eval_refuses_a_config_outside_the_allow_list_until_trusted(run_dir, tmp
     package.mkdir(parents=True)
     marker = tmp_path / "imported"
     (package / "__init__.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\n"
-        "from dlrun.model import MLP\n\n\nclass Net(MLP):\n    pass\n"
+        f"open({str(marker)!r}, 'w').close()\nfrom dlrun.model import MLP\n\n\nclass Net(MLP):\n    pass\n"
     )
     copy = with_model_target(run_dir, tmp_path / "shared-run", "sharedmodels.Net")
     env = {"PYTHONPATH": str(tmp_path / "pkgs")}
@@ -160,8 +163,9 @@ def test_eval_refuses_a_config_outside_the_allow_list_until_trusted(run_dir, tmp
     proc = run_dlrun("eval", str(copy), cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("dlrun: error: model._target_=sharedmodels.Net: not in the allow-list (dlrun., torch., "
-                           "torchvision., torchmetrics.)")
+    assert line.startswith(
+        "dlrun: error: model._target_=sharedmodels.Net: not in the allow-list (dlrun., torch., torchvision., torchmetrics.)"
+    )
     assert "--trust-config" in line
     assert not marker.exists(), "the untrusted package was imported"
     assert not (copy / "eval").exists()

@@ -36,8 +36,17 @@ def configs(tmp_path_factory) -> Path:
 
 
 def dlrun_sweep(configs: Path, cwd: Path, sweep_dir: Path, *overrides: str, check: bool = True):
-    return run_dlrun("train", "-m", "--config-dir", str(configs), "experiment=fast", *overrides,
-                     f"hydra.sweep.dir={sweep_dir}", cwd=cwd, check=check)
+    return run_dlrun(
+        "train",
+        "-m",
+        "--config-dir",
+        str(configs),
+        "experiment=fast",
+        *overrides,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=cwd,
+        check=check,
+    )
 
 
 def job_dirs(sweep_dir: Path) -> dict[str, Path]:
@@ -58,7 +67,7 @@ def table_lines(stdout: str, title_start: str) -> list[str]:
     lines = stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line.startswith(title_start))
     end = next(i for i in range(start, len(lines)) if lines[i].startswith("summary: "))
-    return [line for line in lines[start + 1:end] if not line.startswith(("not finished", "optuna best"))]
+    return [line for line in lines[start + 1 : end] if not line.startswith(("not finished", "optuna best"))]
 
 
 def assert_png(path: Path):
@@ -119,8 +128,17 @@ def test_grid_summary_table_files_and_plot(grid):
 
     # The console table: swept values, objective, epoch, test metrics, epochs, time, status; best marked.
     header, *body = table_lines(proc.stdout, "4 jobs in")
-    for column in ("optimizer.momentum", "model.dropout", "best val/f1", "epoch", "test acc", "test f1",
-                   "epochs", "time", "status"):
+    for column in (
+        "optimizer.momentum",
+        "model.dropout",
+        "best val/f1",
+        "epoch",
+        "test acc",
+        "test f1",
+        "epochs",
+        "time",
+        "status",
+    ):
         assert column in header
     assert len(body) == 4
     assert body[0].startswith("*") and not any(line.startswith("*") for line in body[1:])
@@ -150,12 +168,14 @@ def test_tensorboard_overlays_the_jobs_and_lists_them_with_hparams(grid):
         assert "val/accuracy" in multiplexer.GetAccumulator(run).Tags()["tensors"]
 
     provider = data_provider.MultiplexerDataProvider(multiplexer, str(sweep_dir))
-    hparams = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(sweep_dir),
-                                                           multiplexer=multiplexer))
+    hparams = backend_context.Context(
+        base_plugin.TBContext(data_provider=provider, logdir=str(sweep_dir), multiplexer=multiplexer)
+    )
     request = api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=100,
-        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE,
-                          api_pb2.STATUS_RUNNING])
+        start_index=0,
+        slice_size=100,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING],
+    )
     groups = list_session_groups.Handler(context.RequestContext(), hparams, "", request).run().session_groups
     assert {g.name for g in groups} == GRID_JOBS
     for group in groups:
@@ -319,7 +339,8 @@ def test_compare_two_single_runs_and_a_sweep(grid, tmp_path_factory, tmp_path):
     assert len(rows) == 6
     assert {"model", "optimizer.momentum", "model.dropout"} <= set(rows[0])
     assert sorted(float(r["best_val/f1"]) for r in rows) == sorted(
-        metrics(Path(tmp_path / "mixed" / r["path"]))["best"]["val/f1"] for r in rows)
+        metrics(Path(tmp_path / "mixed" / r["path"]))["best"]["val/f1"] for r in rows
+    )
 
 
 @pytest.mark.slow
@@ -406,8 +427,13 @@ def write_run(path: Path, seed: int, width: int, status: str, value: float | Non
 
 
 def test_seed_groups_show_mean_and_std_over_finished_seeds(tmp_path, capsys):
-    runs = [(1, 8, "completed", 0.5), (2, 8, "completed", 0.7), (3, 8, "failed", None),
-            (1, 32, "completed", 0.9), (2, 32, "completed", 0.9)]
+    runs = [
+        (1, 8, "completed", 0.5),
+        (2, 8, "completed", 0.7),
+        (3, 8, "failed", None),
+        (1, 32, "completed", 0.9),
+        (2, 32, "completed", 0.9),
+    ]
     for seed, width, status, value in runs:
         write_run(tmp_path / f"model.hidden_sizes=[{width}],seed={seed}", seed, width, status, value)
     summary = summarize([tmp_path], tmp_path)

@@ -27,8 +27,12 @@ def free_port() -> int:
 def get_json(url: str, post: dict | None = None):
     request = urllib.request.Request(url)
     if post is not None:  # the hparams plugin answers JSON-encoded requests, as the browser sends them
-        request = urllib.request.Request(url, data=json.dumps(post).encode(), method="POST", headers={
-            "Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(post).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"},
+        )
     # No proxy: urllib caches its first opener, with whatever proxy settings an earlier test had set.
     with LOCAL.open(request, timeout=5) as response:
         return json.loads(response.read())
@@ -83,8 +87,7 @@ def test_server_lists_runs_and_scalar_tags(server):
 
 def test_hparams_tab_compares_the_runs(server):
     base, runs = server
-    query = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "colParams": [], "startIndex": 0,
-             "sliceSize": 100}
+    query = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "colParams": [], "startIndex": 0, "sliceSize": 100}
     groups = {g["name"]: g for g in get_json(f"{base}/data/plugin/hparams/session_groups", post=query)["sessionGroups"]}
     for run in runs:
         group = groups[run.dir.name]

@@ -77,8 +77,17 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 def test_run_directory_holds_every_artefact(run):
-    for name in ("metrics.json", "history.csv", "best.pt", "last.pt", "confusion_matrix.csv",
-                 "confusion_matrix.png", "curves.png", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+    for name in (
+        "metrics.json",
+        "history.csv",
+        "best.pt",
+        "last.pt",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "curves.png",
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+    ):
         assert (run.dir / name).is_file(), f"{name} missing from {run.dir}"
     logs = list(run.dir.glob("*.log"))
     assert logs and "epoch 1/" in logs[0].read_text()
@@ -253,8 +262,7 @@ def test_same_seed_twice_on_cpu_gives_identical_metrics(tmp_path_factory):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_and_its_checkpoint_load_on_cpu(tmp_path):
     run_dir = tmp_path / "cuda"
-    run_dlrun("train", "model=cnn", "device=cuda", "device.index=0", "trainer.epochs=1",
-              f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    run_dlrun("train", "model=cnn", "device=cuda", "device.index=0", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     metrics = read_metrics(run_dir)
     assert metrics["status"] == "completed" and metrics["device"].startswith("cuda")
     state = checkpoint.load(run_dir / "best.pt", map_location="cpu")

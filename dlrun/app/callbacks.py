@@ -87,8 +87,9 @@ def _shared_time() -> float:
 
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return time.time()
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=timedelta(seconds=120))
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=120)
+    )
     key = f"dlrun/run_time/{os.environ.get('TORCHELASTIC_RUN_ID')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}"
     if is_main():
         store.set(key, repr(time.time()))

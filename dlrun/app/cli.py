@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "compare": "one table and plot over existing run or sweep directories (see `dlrun compare --help`)",
     "eval": "evaluate a saved run or checkpoint again, on test, val or another dataset (see `dlrun eval --help`)",
 }
+
+
 def print_help() -> None:
     lines = [
         f"dlrun {__version__}: a command-line experiment runner for PyTorch, driven by Hydra configs.",

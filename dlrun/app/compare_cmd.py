@@ -19,9 +19,12 @@ def main(args: list[str]) -> None:
 
     parser.error = _usage_error
     parser.add_argument("paths", nargs="+", metavar="PATH", help="a run directory or a sweep directory")
-    parser.add_argument("--out", metavar="DIR",
-                        help="where summary.csv, summary.md and curves.png go (default: the sweep directory when "
-                             "PATH is one sweep, else outputs/compare/<date>_<time>)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where summary.csv, summary.md and curves.png go (default: the sweep directory when "
+        "PATH is one sweep, else outputs/compare/<date>_<time>)",
+    )
     opts = parser.parse_args(args)
     paths = [Path(p) for p in opts.paths]
     for path in paths:

@@ -47,8 +47,18 @@ Examples:
 
 ALLOWED_PACKAGES = ("dlrun", "torch", "torchvision", "torchmetrics")
 # Inside the allowed packages, but they load or compile code: refused all the same without --trust-config.
-REFUSED_TARGETS = ("torch.hub", "torch.load", "torch.jit.load", "torch.package", "torch.utils.cpp_extension",
-                   "torch.ops", "torch.classes", "torch.serialization", "torch.export.load", "torch.compile")
+REFUSED_TARGETS = (
+    "torch.hub",
+    "torch.load",
+    "torch.jit.load",
+    "torch.package",
+    "torch.utils.cpp_extension",
+    "torch.ops",
+    "torch.classes",
+    "torch.serialization",
+    "torch.export.load",
+    "torch.compile",
+)
 OPTIONS = ("split", "dataset", "device", "batch_size")
 
 
@@ -74,8 +84,11 @@ def parse_options(args: list[str]) -> tuple[dict, list[str]]:
         elif key in OPTIONS:
             options[key] = OmegaConf.from_dotlist([arg])[key]
         else:
-            raise ConfigError(key, value, f"is not an option of dlrun eval{did_you_mean(key, OPTIONS)} "
-                              f"(options: {', '.join(OPTIONS)}, dataset.KEY)")
+            raise ConfigError(
+                key,
+                value,
+                f"is not an option of dlrun eval{did_you_mean(key, OPTIONS)} (options: {', '.join(OPTIONS)}, dataset.KEY)",
+            )
     if options.get("split", "test") not in ("test", "val"):
         raise ConfigError("split", options["split"], "must be test or val")
     size = options.get("batch_size", 1)
@@ -93,7 +106,8 @@ def check_targets(node, trust: bool, where: str = "model") -> None:
         for key, value in node.items():
             if key == "_target_" and not allowed(value):
                 raise ConfigError(
-                    f"{where}._target_", value,
+                    f"{where}._target_",
+                    value,
                     f"not in the allow-list ({', '.join(p + '.' for p in ALLOWED_PACKAGES)}): building the model "
                     "would import and call it, and a shared run directory can name any code. Pass --trust-config "
                     "if you trust where this run comes from",
@@ -124,8 +138,15 @@ def find_checkpoint(path: Path) -> tuple[Path, Path]:
     raise DlrunError(f"{path}: no such run directory or checkpoint")
 
 
-def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = None, device: str = "auto",
-                        batch_size: int | None = None, dataset_overrides: list[str] = (), trust: bool = False) -> dict:
+def evaluate_checkpoint(
+    path: Path,
+    split: str = "test",
+    dataset: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    dataset_overrides: list[str] = (),
+    trust: bool = False,
+) -> dict:
     ckpt_path, run_dir = find_checkpoint(path)
     state = checkpoint.load(ckpt_path)  # weights_only=True: a tampered file is refused before anything runs
     cfg = OmegaConf.create(state["config"])  # YAML through a safe loader: data only
@@ -140,9 +161,13 @@ def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = N
     data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)  # the seeded val split of training
     classes, in_shape = list(state["classes"]), tuple(state["in_shape"])
     if tuple(data.in_shape) != in_shape or data.num_classes != len(classes):
-        raise ConfigError("dataset", cfg.dataset.name, f"is not compatible with {ckpt_path}: its inputs are "
-                          f"{tuple(data.in_shape)} with {data.num_classes} classes, the model takes {in_shape} "
-                          f"with {len(classes)} classes")
+        raise ConfigError(
+            "dataset",
+            cfg.dataset.name,
+            f"is not compatible with {ckpt_path}: its inputs are "
+            f"{tuple(data.in_shape)} with {data.num_classes} classes, the model takes {in_shape} "
+            f"with {len(classes)} classes",
+        )
     # The model learned on inputs normalised with its training set's statistics: keep them.
     data.mean, data.std = tuple(state["mean"]), tuple(state["std"])
     dev = resolve_device(OmegaConf.create({"type": device, "index": None}))
@@ -153,15 +178,30 @@ def evaluate_checkpoint(path: Path, split: str = "test", dataset: str | None = N
     cfg.trainer.batch_size = cfg.trainer.eval_batch_size
     cfg.trainer.limit_batches, cfg.trainer.overfit_batches = None, 0  # the whole split, whatever the run used
     _, val_loader, test_loader = make_loaders(data, cfg, dev)
-    stats, cm = evaluate(model, val_loader if split == "val" else test_loader, nn.CrossEntropyLoss(),
-                         classification_metrics(len(classes)).to(dev), confusion_matrix(len(classes)).to(dev), amp)
-    result = {"checkpoint": str(ckpt_path), "epoch": state["epoch"], "dataset": cfg.dataset.name, "split": split,
-              "samples": int(cm.sum()), "device": str(dev), "precision": amp.name, split: to_floats(stats)}
+    stats, cm = evaluate(
+        model,
+        val_loader if split == "val" else test_loader,
+        nn.CrossEntropyLoss(),
+        classification_metrics(len(classes)).to(dev),
+        confusion_matrix(len(classes)).to(dev),
+        amp,
+    )
+    result = {
+        "checkpoint": str(ckpt_path),
+        "epoch": state["epoch"],
+        "dataset": cfg.dataset.name,
+        "split": split,
+        "samples": int(cm.sum()),
+        "device": str(dev),
+        "precision": amp.name,
+        split: to_floats(stats),
+    }
     out = run_dir / "eval" / f"{cfg.dataset.name}-{split}-{ckpt_path.stem}"
     write_eval(out, result, cm, classes, f"{cfg.dataset.name} {split}")
     console = Console()
-    console.summary(f"{ckpt_path} (epoch {state['epoch']}) on {cfg.dataset.name} {split}, {result['samples']} samples",
-                    {split: result[split]})
+    console.summary(
+        f"{ckpt_path} (epoch {state['epoch']}) on {cfg.dataset.name} {split}, {result['samples']} samples", {split: result[split]}
+    )
     console.print(f"eval saved in {out}")
     return result
 
@@ -177,8 +217,9 @@ def rebuild_model(model_cfg: dict, state: dict, ckpt_path: Path, in_shape, num_c
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise DlrunError(f"{ckpt_path}: its weights do not fit the model its config describes "
-                         f"({str(err).splitlines()[0]})") from err
+        raise DlrunError(
+            f"{ckpt_path}: its weights do not fit the model its config describes ({str(err).splitlines()[0]})"
+        ) from err
     return model
 
 
@@ -193,5 +234,4 @@ def write_eval(out: Path, result: dict, cm, classes: list[str], title: str) -> N
 def _check_module_class(target) -> None:
     obj = locate("model._target_", target, "model class")
     if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
-        raise ConfigError("model._target_", target, "must be a torch.nn.Module class to be rebuilt without "
-                          "--trust-config")
+        raise ConfigError("model._target_", target, "must be a torch.nn.Module class to be rebuilt without --trust-config")

@@ -26,8 +26,11 @@ def describe(err: BaseException, overrides: list[str]) -> tuple[str, int]:
     if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
         return _disk_error(err)
     if type(err).__name__ == "OutOfMemoryError":  # torch's, before the training loop (which names the batch size)
-        return (f"CUDA out of memory before training ({first_line(str(err))[:120]}); try a smaller model, "
-                "dataset.resize or trainer.batch_size", 1)
+        return (
+            f"CUDA out of memory before training ({first_line(str(err))[:120]}); try a smaller model, "
+            "dataset.resize or trainer.batch_size",
+            1,
+        )
     if isinstance(err, MissingConfigException):
         return _missing_option(err), 2
     if isinstance(err, OverrideParseException):
@@ -49,21 +52,36 @@ def describe(err: BaseException, overrides: list[str]) -> tuple[str, int]:
 
 
 # Errors of the file system rather than of dlrun: a path that cannot be written, or a full disk.
-DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
-               errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+DISK_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+}
 
 
 def _disk_error(err: OSError) -> tuple[str, int]:
     where = err.filename or "a file"
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (f"cannot write {where}: {err.strerror}. Files written before are intact (each is replaced only "
-                "once its new version is complete); free some space, then continue with "
-                "`dlrun train resume=RUN_DIR` (or resume=latest)", 1)
+        return (
+            f"cannot write {where}: {err.strerror}. Files written before are intact (each is replaced only "
+            "once its new version is complete); free some space, then continue with "
+            "`dlrun train resume=RUN_DIR` (or resume=latest)",
+            1,
+        )
     # Hydra creates the run directory before dlrun runs: a failure there is the output folder's fault.
     frames = traceback.extract_tb(err.__traceback__)
     if any(frame.filename.replace("\\", "/").endswith("hydra/core/utils.py") for frame in frames):
-        return (f"hydra.run.dir={where}: must be a writable folder ({err.strerror}); choose another with "
-                "hydra.run.dir=PATH (hydra.sweep.dir=PATH with -m)", 2)
+        return (
+            f"hydra.run.dir={where}: must be a writable folder ({err.strerror}); choose another with "
+            "hydra.run.dir=PATH (hydra.sweep.dir=PATH with -m)",
+            2,
+        )
     return f"{where}: {err.strerror}", 2
 
 
@@ -78,8 +96,7 @@ def _bad_override(err: BaseException, overrides: list[str]) -> str:
     for override in overrides:
         group, _, option = override.partition("=")
         if group in groups and option not in groups[group]:
-            return (f"{group}={option}: no such option{did_you_mean(option, groups[group])} "
-                    f"(options: {', '.join(groups[group])})")
+            return f"{group}={option}: no such option{did_you_mean(option, groups[group])} (options: {', '.join(groups[group])})"
     return f"cannot compose the config: {first_line(str(err))}"
 
 

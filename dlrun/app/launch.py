@@ -34,8 +34,16 @@ from dlrun.observe.console import Console
 log = logging.getLogger(__name__)
 
 # Hydra overrides a launched rank inherits from the launching command (the rest describe the launcher's own job).
-INHERITED_HYDRA_KEYS = ("hydra.searchpath", "hydra.job_logging", "hydra/job_logging", "hydra.hydra_logging",
-                        "hydra/hydra_logging", "hydra.verbose", "hydra.job.name", "hydra.job.env_set")
+INHERITED_HYDRA_KEYS = (
+    "hydra.searchpath",
+    "hydra.job_logging",
+    "hydra/job_logging",
+    "hydra.hydra_logging",
+    "hydra/hydra_logging",
+    "hydra.verbose",
+    "hydra.job.name",
+    "hydra.job.env_set",
+)
 CONFIG_SOURCE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
 
 
@@ -83,7 +91,9 @@ def launch(cfg, ctx: RunContext, verbose: bool) -> float:
     hc = HydraConfig.get()
     run_dir = ctx.run_dir
     args = [
-        "-m", "dlrun", "train",
+        "-m",
+        "dlrun",
+        "train",
         *_config_source_args(sys.argv[1:], hc.runtime.cwd),
         *[o for o in hc.overrides.hydra if override_key(o).startswith(INHERITED_HYDRA_KEYS)],
         *[_rank_override(o, cfg) for o in hc.overrides.task],
@@ -93,12 +103,17 @@ def launch(cfg, ctx: RunContext, verbose: bool) -> float:
     # Like torchrun: ranks sharing the CPU should not each start a thread per core.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     backend = "nccl" if device.type == "cuda" else "gloo"
-    Console().print(f"dlrun: launching {n} processes ({backend} on {device.type}) with torch.distributed; "
-                    f"run dir: {run_dir}")
+    Console().print(f"dlrun: launching {n} processes ({backend} on {device.type}) with torch.distributed; run dir: {run_dir}")
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # torchrun --standalone
-        max_restarts=0, monitor_interval=0.1, shutdown_timeout=10,
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=n,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # torchrun --standalone
+        max_restarts=0,
+        monitor_interval=0.1,
+        shutdown_timeout=10,
     )
     if verbose:
         args.append("--verbose")

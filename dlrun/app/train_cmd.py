@@ -84,8 +84,9 @@ def check_sweep(outcome: dict, launched: Launched) -> None:
     launched.summary = read_json(launched.sweep_dir / "summary.json")
     failed, rows = launched.summary.get("failed", []), launched.summary.get("rows", [])
     if failed:
-        raise SweepFailed(f"{len(failed)} of {len(rows)} jobs did not finish ({', '.join(failed)}); "
-                          f"see {launched.sweep_dir / 'summary.md'}")
+        raise SweepFailed(
+            f"{len(failed)} of {len(rows)} jobs did not finish ({', '.join(failed)}); see {launched.sweep_dir / 'summary.md'}"
+        )
 
 
 @contextlib.contextmanager
@@ -114,6 +115,7 @@ def _env(**values: str):
 
 # ---- `dlrun train resume=PATH|latest`: which run, and the command line that continues it ----
 
+
 def find_run(spec: str, cwd: Path) -> Path:
     """The run directory that `resume=SPEC` names: a run directory, its last.pt, or `latest`."""
     if spec == "latest":
@@ -127,8 +129,9 @@ def find_run(spec: str, cwd: Path) -> Path:
     if not path.is_dir():
         raise ConfigError("resume", spec, "must be a run directory, its last.pt, or latest")
     if not (path / "last.pt").is_file():
-        raise ConfigError("resume", spec, "has no last.pt to continue from: the run stopped before its first "
-                          "checkpoint, so start it again")
+        raise ConfigError(
+            "resume", spec, "has no last.pt to continue from: the run stopped before its first checkpoint, so start it again"
+        )
     return path.resolve()
 
 

@@ -57,8 +57,12 @@ def check_rules(values: dict, rules: dict[str, Rule], per_block: bool = False) -
 def _check_combinations(values: dict) -> None:
     opt = values.get("optimizer") or {}
     if opt.get("nesterov") and (not opt.get("momentum") or opt.get("dampening")):
-        raise ConfigError("optimizer.nesterov", "true", f"needs optimizer.momentum > 0 and optimizer.dampening=0 "
-                          f"(they are {show_value(opt.get('momentum'))} and {show_value(opt.get('dampening', 0))})")
+        raise ConfigError(
+            "optimizer.nesterov",
+            "true",
+            f"needs optimizer.momentum > 0 and optimizer.dampening=0 "
+            f"(they are {show_value(opt.get('momentum'))} and {show_value(opt.get('dampening', 0))})",
+        )
     clip = (values.get("trainer") or {}).get("grad_clip") or {}
     if clip.get("max_norm") is not None and clip.get("max_value") is not None:
         raise ConfigError("trainer.grad_clip", show_value(clip), "set max_norm or max_value, not both")
@@ -97,8 +101,11 @@ def check_arguments(group: str, target, node: dict, supplied=(), skip_first: boo
     names = [n for n in params if n not in ("self", *supplied)]
     for key, value in node.items():
         if not (key.startswith("_") and key.endswith("_")) and key not in params:
-            raise ConfigError(f"{group}.{key}", show_value(value), f"is not an argument of {target}"
-                              f"{did_you_mean(key, names)} (its arguments: {', '.join(names) or 'none'})")
+            raise ConfigError(
+                f"{group}.{key}",
+                show_value(value),
+                f"is not an argument of {target}{did_you_mean(key, names)} (its arguments: {', '.join(names) or 'none'})",
+            )
 
 
 def resolve(cfg) -> dict:

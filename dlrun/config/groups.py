@@ -12,7 +12,8 @@ def config_groups() -> dict[str, list[str]]:
     groups = {}
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
         if entry.is_dir() and entry.name not in HIDDEN_GROUPS and not entry.name.startswith("_"):
-            options = sorted(f.name[: -len(".yaml")] for f in entry.iterdir()
-                             if f.name.endswith(".yaml") and not f.name.startswith("_"))
+            options = sorted(
+                f.name[: -len(".yaml")] for f in entry.iterdir() if f.name.endswith(".yaml") and not f.name.startswith("_")
+            )
             groups[entry.name] = options
     return groups

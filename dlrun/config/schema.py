@@ -50,8 +50,11 @@ def number(lo=None, hi=None, lo_open=False, hi_open=False, null=False, extra: st
     def rule(v):
         if v is None and null:
             return None
-        ok = _is_number(v) and (lo is None or (v > lo if lo_open else v >= lo)) and (
-            hi is None or (v < hi if hi_open else v <= hi))
+        ok = (
+            _is_number(v)
+            and (lo is None or (v > lo if lo_open else v >= lo))
+            and (hi is None or (v < hi if hi_open else v <= hi))
+        )
         return None if ok else f"must be {allowed}{' or null' if null else ''}{extra}"
 
     return rule
@@ -233,8 +236,11 @@ SCHEMA: dict[str, Rule] = {
     "dataset.download": boolean,
     "dataset.test_fraction": number(0, 1, lo_open=True, hi_open=True),
     "dataset.split_seed": integer(0),
-    "dataset.resize": lambda v: None if v is None or integer(1)(v) is None or (int_list(1)(v) is None and len(v) == 2)
-    else "must be null, a size in pixels (32) or [height, width]",
+    "dataset.resize": lambda v: (
+        None
+        if v is None or integer(1)(v) is None or (int_list(1)(v) is None and len(v) == 2)
+        else "must be null, a size in pixels (32) or [height, width]"
+    ),
     "dataset.normalize": one_of("dataset", "imagenet"),
     "dataset.epochs": integer(1),
     "dataset.channels": lambda v: None if v in (1, 3) and not isinstance(v, bool) else "must be 1 (greyscale) or 3 (RGB)",
@@ -252,6 +258,20 @@ SCHEMA: dict[str, Rule] = {
 
 
 # Keys every run reads; `~KEY` on the command line can delete them.
-REQUIRED = ("seed", "trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "trainer.val_fraction",
-            "trainer.monitor", "trainer.mode", "trainer.log_every_n_steps", "logging", "dataset.name",
-            "model._target_", "optimizer._target_", "initializer.fn", "initializer.zero_bias", "device.type")
+REQUIRED = (
+    "seed",
+    "trainer.epochs",
+    "trainer.batch_size",
+    "trainer.eval_batch_size",
+    "trainer.val_fraction",
+    "trainer.monitor",
+    "trainer.mode",
+    "trainer.log_every_n_steps",
+    "logging",
+    "dataset.name",
+    "model._target_",
+    "optimizer._target_",
+    "initializer.fn",
+    "initializer.zero_bias",
+    "device.type",
+)

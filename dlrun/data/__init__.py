@@ -3,5 +3,4 @@
 from dlrun.data.loaders import DeviceLoader, FileLoader, make_loaders
 from dlrun.data.sources import CACHE_NAME, Data, FileSplit, Split, known_shape, load_data
 
-__all__ = ["CACHE_NAME", "Data", "DeviceLoader", "FileLoader", "FileSplit", "Split", "known_shape", "load_data",
-           "make_loaders"]
+__all__ = ["CACHE_NAME", "Data", "DeviceLoader", "FileLoader", "FileSplit", "Split", "known_shape", "load_data", "make_loaders"]

@@ -28,8 +28,11 @@ def make_loaders(data: Data, cfg, device, rank: int = 0, world_size: int = 1):
         data, augment = dataclasses.replace(data, train=first, val=first), None
     if augment is not None and not images:
         raise ConfigError("dataset.augment", "on", f"applies to images; {dataset.name} has inputs of shape {data.in_shape}")
-    common = dict(rank=rank, world_size=world_size,
-                  memory_format=torch.channels_last if images and trainer.get("channels_last", False) else None)
+    common = dict(
+        rank=rank,
+        world_size=world_size,
+        memory_format=torch.channels_last if images and trainer.get("channels_last", False) else None,
+    )
     loader = DeviceLoader
     if isinstance(data.train, FileSplit):
         workers = dataset.get("num_workers", 2)
@@ -54,9 +57,23 @@ class _Batches:
     process with batch_size x world_size would take. A shuffled (training) shard is padded with the
     permutation's first indices to ceil(n / world_size), so that every rank takes as many steps."""
 
-    def __init__(self, n: int, batch_size: int, device, mean, std, shuffle: bool, seed: int, rank: int,
-                 world_size: int, augment: BatchAugment | None, memory_format, index_device, feature_dims: bool,
-                 limit: int | None = None):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        device,
+        mean,
+        std,
+        shuffle: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        augment: BatchAugment | None,
+        memory_format,
+        index_device,
+        feature_dims: bool,
+        limit: int | None = None,
+    ):
         self.n = n
         self.limit = limit  # at most this many batches per epoch (debug=fast), or all
         self.batch_size = batch_size
@@ -125,11 +142,37 @@ class _Batches:
 class DeviceLoader(_Batches):
     """Batches of an in-memory split held on `device`: one shuffle per epoch, prepared on the device."""
 
-    def __init__(self, split: Split, batch_size: int, device, mean, std, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, augment: BatchAugment | None = None, memory_format=None,
-                 limit: int | None = None):
-        super().__init__(len(split), batch_size, device, mean, std, shuffle, seed, rank, world_size, augment,
-                         memory_format, index_device=device, feature_dims=split.x.dim() == 2, limit=limit)
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device,
+        mean,
+        std,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: BatchAugment | None = None,
+        memory_format=None,
+        limit: int | None = None,
+    ):
+        super().__init__(
+            len(split),
+            batch_size,
+            device,
+            mean,
+            std,
+            shuffle,
+            seed,
+            rank,
+            world_size,
+            augment,
+            memory_format,
+            index_device=device,
+            feature_dims=split.x.dim() == 2,
+            limit=limit,
+        )
         self.x = split.x.to(device)
         self.y = split.y.to(device)
 
@@ -148,11 +191,38 @@ class FileLoader(_Batches):
     """Batches of image files read by a DataLoader's workers (pinned memory, workers kept between epochs),
     then moved to `device` and prepared there like a DeviceLoader's."""
 
-    def __init__(self, split: FileSplit, batch_size: int, device, mean, std, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, augment: BatchAugment | None = None, memory_format=None,
-                 num_workers: int = 2, limit: int | None = None):
-        super().__init__(len(split), batch_size, device, mean, std, shuffle, seed, rank, world_size, augment,
-                         memory_format, index_device="cpu", feature_dims=False, limit=limit)
+    def __init__(
+        self,
+        split: FileSplit,
+        batch_size: int,
+        device,
+        mean,
+        std,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: BatchAugment | None = None,
+        memory_format=None,
+        num_workers: int = 2,
+        limit: int | None = None,
+    ):
+        super().__init__(
+            len(split),
+            batch_size,
+            device,
+            mean,
+            std,
+            shuffle,
+            seed,
+            rank,
+            world_size,
+            augment,
+            memory_format,
+            index_device="cpu",
+            feature_dims=False,
+            limit=limit,
+        )
         self.y = split.y
         self.loader = DataLoader(
             Subset(split.folder, split.indices.tolist()),

@@ -97,8 +97,10 @@ def load_data(cfg, seed: int, val_fraction: float) -> Data:
     data = Data(train, val, test, classes, mean, std, tuple(train.x.shape[1:]))
     expected = known_shape(cfg)
     if expected is not None and (data.in_shape, data.num_classes) != expected:
-        raise DataError(f"dataset.root={cfg.get('root')}: {cfg.name} has inputs {data.in_shape} in {data.num_classes} "
-                        f"classes, not {expected[0]} in {expected[1]}: the files are not {cfg.name}'s")
+        raise DataError(
+            f"dataset.root={cfg.get('root')}: {cfg.name} has inputs {data.in_shape} in {data.num_classes} "
+            f"classes, not {expected[0]} in {expected[1]}: the files are not {cfg.name}'s"
+        )
     return data
 
 
@@ -333,11 +335,15 @@ def _load_cifar(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
 def _decode_cifar(cls, root: Path, folder: Path, names: list[str]) -> dict:
     # torchvision checks each file's MD5 before reading it; dlrun reports a bad file by name instead,
     # so it reads through a subclass whose file lists carry no checksums (existence is still checked).
-    reader = type(cls.__name__, (cls,), {
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None},
-    })
+    reader = type(
+        cls.__name__,
+        (cls,),
+        {
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        },
+    )
     blob = {}
     try:
         for part in ("train", "test"):
@@ -347,8 +353,10 @@ def _decode_cifar(cls, root: Path, folder: Path, names: list[str]) -> dict:
             if len(blob[f"{part}_x"]) != len(blob[f"{part}_y"]):
                 raise ValueError(f"{part} images and labels differ in length")
     except Exception as err:
-        raise DataError(f"{_bad_pickle(folder, names) or folder}: cannot read this {cls.__name__} batch: "
-                        f"the file is truncated or not a CIFAR pickle ({type(err).__name__}: {str(err)[:200]})") from err
+        raise DataError(
+            f"{_bad_pickle(folder, names) or folder}: cannot read this {cls.__name__} batch: "
+            f"the file is truncated or not a CIFAR pickle ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
     blob["classes"] = list(ds.classes)
     return blob
 
@@ -363,8 +371,6 @@ def _bad_pickle(folder: Path, names: list[str]) -> Path | None:
         except Exception:
             return folder / name
     return None
-
-
 
 
 def _load_toy(cfg) -> tuple[Split, Split, list[str]]:
@@ -463,8 +469,10 @@ def _load_image_folder(cfg, seed: int, val_fraction: float) -> Data:
         given = {name: folder(root / name) for name in ("val", "test") if (root / name).is_dir()}
         for name, part in given.items():
             if part.folder.classes != train.folder.classes:
-                raise DataError(f"{root / name}: its class folders ({', '.join(part.folder.classes)}) differ from "
-                                f"those of {root / 'train'} ({', '.join(train.folder.classes)})")
+                raise DataError(
+                    f"{root / name}: its class folders ({', '.join(part.folder.classes)}) differ from "
+                    f"those of {root / 'train'} ({', '.join(train.folder.classes)})"
+                )
         test = given.get("test")
         if test is None:
             train, test = _split_off(train, cfg.test_fraction, cfg.split_seed)
@@ -508,12 +516,13 @@ class ImageReader:
                     img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
                 array = np.array(img)
         except Exception as err:
-            raise DataError(f"{path}: cannot read this image: the file is truncated or not an image "
-                            f"({type(err).__name__}: {err})") from None
+            raise DataError(
+                f"{path}: cannot read this image: the file is truncated or not an image ({type(err).__name__}: {err})"
+            ) from None
         if self.size is None and self.expected is not None and array.shape[:2] != self.expected:
-            raise DataError(f"{path}: {array.shape[1]}x{array.shape[0]} pixels, but the first image has "
-                            f"{self.expected[1]}x{self.expected[0]}; set dataset.resize to give them one size")
+            raise DataError(
+                f"{path}: {array.shape[1]}x{array.shape[0]} pixels, but the first image has "
+                f"{self.expected[1]}x{self.expected[0]}; set dataset.resize to give them one size"
+            )
         tensor = torch.from_numpy(array)
         return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
-
-

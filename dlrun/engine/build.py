@@ -26,10 +26,10 @@ from dlrun.model.initializers import initialize
 class Built:
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    train_loss: nn.Module        # with the trainer's label smoothing and class weights
-    eval_loss: nn.Module         # val and test: plain cross-entropy, comparable across runs
+    train_loss: nn.Module  # with the trainer's label smoothing and class weights
+    eval_loss: nn.Module  # val and test: plain cross-entropy, comparable across runs
     init_fn: Callable | None
-    initialized: list[str]       # the layers init_fn reached
+    initialized: list[str]  # the layers init_fn reached
 
 
 def make_model(model_cfg, in_shape, num_classes: int, recursive: bool = True) -> nn.Module:
@@ -106,8 +106,11 @@ def check_build(values: dict, in_shape, num_classes: int) -> None:
             with _judged("model", target, f"cannot take {size} inputs"):
                 out = model(torch.zeros(2, *in_shape))
             if tuple(getattr(out, "shape", ())) != (2, num_classes):
-                raise ConfigError("model", target, f"must output (batch, {num_classes}) logits; "
-                                  f"it gives {tuple(getattr(out, 'shape', ()))} for a batch of 2")
+                raise ConfigError(
+                    "model",
+                    target,
+                    f"must output (batch, {num_classes}) logits; it gives {tuple(getattr(out, 'shape', ()))} for a batch of 2",
+                )
             with _judged("initializer.fn._target_", (fn_cfg or {}).get("_target_"), "fails on this model"):
                 init_weights(model, values["initializer"])
             with _judged("optimizer._target_", opt_cfg.get("_target_"), "cannot be built"):

@@ -45,8 +45,7 @@ def load(path: Path, map_location="cpu") -> dict:
         raise DlrunError(f"{path}: no such checkpoint") from None
     except Exception as err:
         raise DlrunError(
-            f"{path}: not a dlrun checkpoint, or it holds objects that could run code; refused to load it "
-            f"({type(err).__name__})"
+            f"{path}: not a dlrun checkpoint, or it holds objects that could run code; refused to load it ({type(err).__name__})"
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DlrunError(f"{path}: not a dlrun checkpoint (no '{FORMAT}' format tag)")
@@ -58,8 +57,13 @@ def rng_state(*generators: torch.Generator) -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "torch": torch.get_rng_state(),
         "generators": [g.get_state() for g in generators],
     }
@@ -82,6 +86,7 @@ def restore_rng(state: dict, *generators: torch.Generator) -> None:
 
 # ---- what last.pt adds so that a resumed run goes on exactly as an uninterrupted one ----
 
+
 def training_state(step: int, history: list[dict], best: dict, schedule, stopper, generators, wall_time_s: float) -> dict:
     return {
         "step": step,
@@ -99,8 +104,11 @@ def load_for_resume(cfg, run_dir: Path) -> dict | None:
     if not cfg.get("resume"):
         return None
     if Path(cfg.resume).resolve() != Path(run_dir).resolve():
-        raise ConfigError("resume", cfg.resume, f"continues a run in its own directory, not in {run_dir}; "
-                          "use `dlrun train resume=PATH`, which chooses the directory")
+        raise ConfigError(
+            "resume",
+            cfg.resume,
+            f"continues a run in its own directory, not in {run_dir}; use `dlrun train resume=PATH`, which chooses the directory",
+        )
     state = load(Path(run_dir) / "last.pt")
     if "step" not in state:
         raise DlrunError(f"{run_dir / 'last.pt'}: written by an older dlrun without the state to resume from")
@@ -120,8 +128,9 @@ def restore(state: dict, model, optimizer, schedule, stopper, generators, stream
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise DlrunError(f"last.pt does not fit the model and optimizer of this config: "
-                         f"{str(err).strip().splitlines()[0]}") from err
+        raise DlrunError(
+            f"last.pt does not fit the model and optimizer of this config: {str(err).strip().splitlines()[0]}"
+        ) from err
     schedule.load_state_dict(state["scheduler"])
     stopper.load_state_dict(state["early_stopping"])
     if streams:

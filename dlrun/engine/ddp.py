@@ -41,15 +41,18 @@ class PeerLost(DlrunError):
 def check_device(cfg, device: torch.device, n: int) -> None:
     """Several processes need cuda or cpu, and no fixed GPU index; as many GPUs as processes."""
     if n > 1 and device.type not in ("cuda", "cpu"):
-        raise ConfigError("trainer.devices", n, f"several processes train on cuda (nccl) or cpu (gloo), not "
-                          f"{device.type}; use device=cpu")
+        raise ConfigError(
+            "trainer.devices", n, f"several processes train on cuda (nccl) or cpu (gloo), not {device.type}; use device=cpu"
+        )
     if n > 1 and cfg.device.get("index") is not None:
-        raise ConfigError("device.index", cfg.device.index, "must be null when trainer.devices > 1: each rank "
-                          "takes the GPU of its local rank (choose GPUs with CUDA_VISIBLE_DEVICES)")
+        raise ConfigError(
+            "device.index",
+            cfg.device.index,
+            "must be null when trainer.devices > 1: each rank "
+            "takes the GPU of its local rank (choose GPUs with CUDA_VISIBLE_DEVICES)",
+        )
     if device.type == "cuda" and n > torch.cuda.device_count():
         raise DeviceError(f"trainer.devices={n}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
 
 
 @contextlib.contextmanager
@@ -59,8 +62,9 @@ def rank_context():
         yield
     except Exception as err:
         if world_size() > 1 and _is_peer_loss(err):
-            err = PeerLost(f"stopped: lost contact with another rank ({_short(str(err))}); "
-                           "the launcher names the rank that failed")
+            err = PeerLost(
+                f"stopped: lost contact with another rank ({_short(str(err))}); the launcher names the rank that failed"
+            )
             _record_error(str(err), peer_lost=True)
             raise err from None
         _record_error(str(err) if isinstance(err, DlrunError) else f"{type(err).__name__}: {first_line(str(err))}")
@@ -81,8 +85,9 @@ def setup(cfg, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         timeout = timedelta(seconds=cfg.trainer.get("dist_timeout_s", 300))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=timeout, device_id=device if device.type == "cuda" else None
+        )
     return device
 
 
@@ -171,7 +176,8 @@ def _is_peer_loss(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(
-        s in text for s in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Broken pipe"))
+        s in text for s in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Broken pipe")
+    )
 
 
 def _record_error(message: str, peer_lost: bool = False) -> None:
@@ -187,5 +193,3 @@ def _short(text: str) -> str:
     """gloo's '[path/pair.cc:545] Read error ...: Connection reset by peer. This is typically...' -> the middle."""
     text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(text))
     return text.split(". ")[0][:200]
-
-

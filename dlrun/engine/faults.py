@@ -22,8 +22,7 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(self.message)
 
     def with_resume_hint(self, run_dir, kept_epoch: int) -> "Interrupted":
-        self.message = (f"{self.message}; last.pt holds epoch {kept_epoch}: continue with "
-                        f"`dlrun train resume={run_dir}`")
+        self.message = f"{self.message}; last.pt holds epoch {kept_epoch}: continue with `dlrun train resume={run_dir}`"
         self.args = (self.message,)
         return self
 
@@ -35,11 +34,12 @@ class Diverged(DlrunError):
 
     def __init__(self, step: int, epoch: int, value: float, last_finite: dict | None, what: str = "train loss"):
         self.details = {"step": step, "epoch": epoch, "what": what, "value": str(value), "last_finite": last_finite}
-        where = (f"; last finite train loss {last_finite['value']:.4g} at step {last_finite['step']}"
-                 if last_finite else "")
-        super().__init__(f"diverged: {what} is {value} at step {step} (epoch {epoch}){where}. "
-                         "Curves and checkpoints up to there are kept; try a lower optimizer.lr, "
-                         "trainer.grad_clip.max_norm=1, or trainer.precision=32")
+        where = f"; last finite train loss {last_finite['value']:.4g} at step {last_finite['step']}" if last_finite else ""
+        super().__init__(
+            f"diverged: {what} is {value} at step {step} (epoch {epoch}){where}. "
+            "Curves and checkpoints up to there are kept; try a lower optimizer.lr, "
+            "trainer.grad_clip.max_norm=1, or trainer.precision=32"
+        )
 
 
 class StopSignals:

@@ -157,9 +157,14 @@ class EarlyStopping:
     def summary(self) -> dict:
         """What metrics.json records."""
         return {
-            "monitor": self.monitor, "mode": self.mode, "patience": self.patience, "min_delta": self.min_delta,
-            "stopped": self.stopped_epoch is not None, "stopped_epoch": self.stopped_epoch,
-            "best_epoch": self.best_epoch, "best": self.best,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "stopped": self.stopped_epoch is not None,
+            "stopped_epoch": self.stopped_epoch,
+            "best_epoch": self.best_epoch,
+            "best": self.best,
         }
 
     def state_dict(self) -> dict:

@@ -37,7 +37,7 @@ class RunContext:
 
     run_dir: Path
     overrides: list[str] = field(default_factory=list)  # the command line's overrides, kept in last.pt for resume
-    is_sweep: bool = False                              # a diverged job of a sweep returns; a single run raises
+    is_sweep: bool = False  # a diverged job of a sweep returns; a single run raises
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Parts:
     device: torch.device
     amp: Precision
     train_model: torch.nn.Module  # DDP or compiled around built.model, or the model itself
-    loaders: tuple               # train, val, test
+    loaders: tuple  # train, val, test
     schedule: Schedule
     regime: Regime
     stopper: EarlyStopping
@@ -61,8 +61,7 @@ class Parts:
     def generators(self) -> list[torch.Generator]:
         """The loader's random streams (data order, augmentation), which last.pt saves."""
         train = self.loaders[0]
-        return [g for g in (getattr(train, "generator", None), getattr(train, "augment_generator", None))
-                if g is not None]
+        return [g for g in (getattr(train, "generator", None), getattr(train, "augment_generator", None)) if g is not None]
 
 
 def run(cfg, ctx: RunContext) -> float:
@@ -74,8 +73,9 @@ def run(cfg, ctx: RunContext) -> float:
     parts = build_parts(cfg, device)
     resumed = checkpoint.load_for_resume(cfg, ctx.run_dir)  # None for a fresh run
     if resumed and checkpoint.already_completed(resumed, ctx.run_dir, cfg.trainer.epochs):
-        console.print(f"{ctx.run_dir}: already completed {resumed['epoch']} epochs; nothing to do "
-                      f"(pass trainer.epochs=N to train longer)")
+        console.print(
+            f"{ctx.run_dir}: already completed {resumed['epoch']} epochs; nothing to do (pass trainer.epochs=N to train longer)"
+        )
         return resumed["best"]["value"]
     state = resume(cfg, parts, resumed, console, ctx.run_dir)
     tracker = open_tracker(cfg, parts, ctx.run_dir, resumed)
@@ -99,7 +99,13 @@ def build_parts(cfg, device: torch.device) -> Parts:
     loaders = make_loaders(data, cfg, device, **ddp.shard())  # each rank its part; trainer.batch_size is per rank
     schedule = Schedule(cfg.scheduler, built.optimizer, trainer.epochs, len(loaders[0]))
     return Parts(
-        data, built, device, amp, train_model, loaders, schedule,
+        data,
+        built,
+        device,
+        amp,
+        train_model,
+        loaders,
+        schedule,
         regime=Regime(trainer, built.model, schedule, cfg.logging.grad_norm),
         stopper=EarlyStopping(trainer.early_stopping),
         train_metrics=classification_metrics(data.num_classes).to(device),
@@ -113,8 +119,15 @@ def resume(cfg, parts: Parts, resumed: dict | None, console: Console, run_dir: P
     if not resumed:
         return LoopState(cfg.trainer.mode)
     # Several ranks keep their own dropout and augmentation streams: restore only the data order there.
-    checkpoint.restore(resumed, parts.built.model, parts.built.optimizer, parts.schedule, parts.stopper,
-                       parts.generators, streams=world_size() == 1)
+    checkpoint.restore(
+        resumed,
+        parts.built.model,
+        parts.built.optimizer,
+        parts.schedule,
+        parts.stopper,
+        parts.generators,
+        streams=world_size() == 1,
+    )
     console.print(f"resuming from epoch {resumed['epoch']} (step {resumed['step']}) of {run_dir}")
     return LoopState.resumed(cfg.trainer.mode, resumed, cfg.trainer.epochs)
 
@@ -149,14 +162,17 @@ def announce(cfg, parts: Parts, console: Console, run_dir: Path) -> None:
     )
     console.print(f"model: {total:,} parameters ({trainable:,} trainable); run dir: {run_dir}")
     log.info("model:\n%s", model)
-    log.info("initializer: %s; applied to: %s", describe_init(parts.built.init_fn, cfg.initializer.zero_bias),
-             ", ".join(parts.built.initialized) or "nothing")
+    log.info(
+        "initializer: %s; applied to: %s",
+        describe_init(parts.built.init_fn, cfg.initializer.zero_bias),
+        ", ".join(parts.built.initialized) or "nothing",
+    )
 
 
 @dataclass
 class Outcome:
-    status: str                  # completed or diverged (interruptions and errors are raised)
-    best: dict | None = None     # the best epoch's val metrics
+    status: str  # completed or diverged (interruptions and errors are raised)
+    best: dict | None = None  # the best epoch's val metrics
     test: dict | None = None
     diverged: faults.Diverged | None = None
 
@@ -180,8 +196,9 @@ def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console:
         status = "interrupted"
         with contextlib.suppress(Exception):
             steps.flush()  # the curves up to the interrupt (a resume replaces those past last.pt)
-        tracker.save_metrics(interrupted={"signal": err.signal, "step": err.step, "epoch": err.epoch,
-                                          "last_pt_epoch": state.saved_epoch})
+        tracker.save_metrics(
+            interrupted={"signal": err.signal, "step": err.step, "epoch": err.epoch, "last_pt_epoch": state.saved_epoch}
+        )
         raise err.with_resume_hint(ctx.run_dir, state.saved_epoch) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         status = "interrupted"
@@ -202,18 +219,26 @@ def close_tracker(tracker: Tracker, status: str) -> None:
         log.warning("could not finish the run's files", exc_info=True)  # the run's own error matters more
 
 
-def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, console: Console,
-        ctx: RunContext) -> None:
+def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, console: Console, ctx: RunContext) -> None:
     """Train and evaluate epoch by epoch from state.start_epoch, saving best.pt and last.pt as it goes."""
     trainer, (train_loader, val_loader, _) = cfg.trainer, parts.loaders
     for epoch in range(state.start_epoch, trainer.epochs + 1):
         state.epoch, start = epoch, time.time()
         console.start_epoch(epoch, len(train_loader))
-        train_stats = train_one_epoch(parts.train_model, train_loader, parts.built.train_loss, parts.built.optimizer,
-                                      parts.regime, parts.train_metrics, steps.record, parts.amp)
+        train_stats = train_one_epoch(
+            parts.train_model,
+            train_loader,
+            parts.built.train_loss,
+            parts.built.optimizer,
+            parts.regime,
+            parts.train_metrics,
+            steps.record,
+            parts.amp,
+        )
         steps.flush()
-        val_stats, val_cm = evaluate(parts.built.model, val_loader, parts.built.eval_loss, parts.eval_metrics,
-                                     parts.confusion, parts.amp)
+        val_stats, val_cm = evaluate(
+            parts.built.model, val_loader, parts.built.eval_loss, parts.eval_metrics, parts.confusion, parts.amp
+        )
         row = epoch_row(epoch, train_stats, val_stats, parts.built.optimizer, start)
         if not math.isfinite(row["val/loss"]):
             raise faults.Diverged(state.step, epoch, row["val/loss"], state.last_finite, what="val loss")
@@ -232,9 +257,11 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
         if steps.signals is not None:
             steps.signals.check(state.step, epoch)
         if stop:
-            console.print(f"early stopping: {parts.stopper.monitor} has not improved by more than "
-                          f"{parts.stopper.min_delta} for {parts.stopper.patience} epochs "
-                          f"(best epoch {parts.stopper.best_epoch})")
+            console.print(
+                f"early stopping: {parts.stopper.monitor} has not improved by more than "
+                f"{parts.stopper.min_delta} for {parts.stopper.patience} epochs "
+                f"(best epoch {parts.stopper.best_epoch})"
+            )
             break
 
 
@@ -251,17 +278,31 @@ def epoch_row(epoch: int, train_stats: dict, val_stats: dict, optimizer, start: 
 def log_epoch(tracker: Tracker, parts: Parts, state: LoopState, row: dict, val_cm, monitor: str) -> None:
     tracker.log_epoch(row, val_cm)
     tracker.log_model(parts.built.model, row["epoch"])
-    tracker.save_metrics(epochs_completed=row["epoch"], best={"epoch": state.best_epoch, monitor: state.best_value},
-                         early_stopping=parts.stopper.summary())
+    tracker.save_metrics(
+        epochs_completed=row["epoch"],
+        best={"epoch": state.best_epoch, monitor: state.best_value},
+        early_stopping=parts.stopper.summary(),
+    )
 
 
-def save_last(cfg, parts: Parts, state: LoopState, tracker: Tracker, ctx: RunContext, epoch: int,
-              history: list[dict], stop: bool) -> None:
+def save_last(
+    cfg, parts: Parts, state: LoopState, tracker: Tracker, ctx: RunContext, epoch: int, history: list[dict], stop: bool
+) -> None:
     """last.pt: everything a resumed run needs to go on exactly as this one would."""
-    training = checkpoint.training_state(state.step, history, state.best, parts.schedule, parts.stopper,
-                                         parts.generators, time.time() - tracker.start)
-    checkpoint.save(ctx.run_dir / "last.pt", parts.built.model, parts.built.optimizer, epoch, cfg, parts.data,
-                    stopped=stop, overrides=list(ctx.overrides), **training)
+    training = checkpoint.training_state(
+        state.step, history, state.best, parts.schedule, parts.stopper, parts.generators, time.time() - tracker.start
+    )
+    checkpoint.save(
+        ctx.run_dir / "last.pt",
+        parts.built.model,
+        parts.built.optimizer,
+        epoch,
+        cfg,
+        parts.data,
+        stopped=stop,
+        overrides=list(ctx.overrides),
+        **training,
+    )
     state.saved_epoch = epoch
 
 
@@ -271,8 +312,7 @@ def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Out
     if is_main():  # rank 0 reads best.pt, the other ranks get its weights from it
         model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     ddp.broadcast_from_main(model)
-    test_stats, test_cm = evaluate(model, parts.loaders[2], parts.built.eval_loss, parts.eval_metrics,
-                                   parts.confusion, parts.amp)
+    test_stats, test_cm = evaluate(model, parts.loaders[2], parts.built.eval_loss, parts.eval_metrics, parts.confusion, parts.amp)
     test_metrics = to_floats(test_stats)
     tracker.log_test(test_metrics, test_cm, state.best_epoch)
     tracker.log_misclassified(model, parts.loaders[2], state.best_epoch)

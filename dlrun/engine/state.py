@@ -13,13 +13,13 @@ from dlrun.engine import ddp, faults
 class LoopState:
     """The loop's counters. last.pt saves them with the weights; a resume starts from them."""
 
-    mode: str                    # max or min: which way trainer.monitor improves
-    step: int = 0                # optimizer steps taken
-    epoch: int = 0               # the epoch under way, or the last one finished
-    start_epoch: int = 1         # the first epoch this process trains
+    mode: str  # max or min: which way trainer.monitor improves
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the epoch under way, or the last one finished
+    start_epoch: int = 1  # the first epoch this process trains
     best_value: float = math.nan
-    best_epoch: int = 0          # 0 until an epoch has been evaluated
-    saved_epoch: int = 0         # the last epoch whose last.pt is on disk
+    best_epoch: int = 0  # 0 until an epoch has been evaluated
+    saved_epoch: int = 0  # the last epoch whose last.pt is on disk
     last_finite: dict | None = None  # the last finite training loss and its step, for a divergence report
 
     def __post_init__(self):
@@ -30,8 +30,15 @@ class LoopState:
     def resumed(cls, mode: str, saved: dict, epochs: int) -> "LoopState":
         """Where last.pt left off; an early-stopped run has no epochs left, only its test."""
         start = epochs + 1 if saved["stopped"] else saved["epoch"] + 1
-        return cls(mode, step=saved["step"], epoch=saved["epoch"], start_epoch=start,
-                   best_value=saved["best"]["value"], best_epoch=saved["best"]["epoch"], saved_epoch=saved["epoch"])
+        return cls(
+            mode,
+            step=saved["step"],
+            epoch=saved["epoch"],
+            start_epoch=start,
+            best_value=saved["best"]["value"],
+            best_epoch=saved["best"]["epoch"],
+            saved_epoch=saved["epoch"],
+        )
 
     def improves(self, value: float) -> bool:
         return value > self.best_value if self.mode == "max" else value < self.best_value

@@ -46,5 +46,3 @@ def evaluate(model, loader, loss_fn, metrics, confusion=None, amp=None):
 
 def to_floats(stats: dict) -> dict:
     return {k: round(float(v), 6) for k, v in stats.items()}
-
-

@@ -44,12 +44,18 @@ def _gain_args(nonlinearity) -> tuple[str, float]:
     """torch's name for the activation, and the negative slope `a` its gain formula needs."""
     if isinstance(nonlinearity, (list, tuple, ListConfig)):  # a CNN with one activation per block
         if len(set(nonlinearity)) != 1:
-            raise ConfigError("initializer.fn.nonlinearity", list(nonlinearity), "the model's blocks use different "
-                              "activations: set one, e.g. initializer.fn.nonlinearity=relu")
+            raise ConfigError(
+                "initializer.fn.nonlinearity",
+                list(nonlinearity),
+                "the model's blocks use different activations: set one, e.g. initializer.fn.nonlinearity=relu",
+            )
         nonlinearity = nonlinearity[0]
     if nonlinearity not in GAIN_NAMES:
-        raise ConfigError("initializer.fn.nonlinearity", nonlinearity,
-                          f"must be one of {', '.join(GAIN_NAMES)}{did_you_mean(nonlinearity, GAIN_NAMES)}")
+        raise ConfigError(
+            "initializer.fn.nonlinearity",
+            nonlinearity,
+            f"must be one of {', '.join(GAIN_NAMES)}{did_you_mean(nonlinearity, GAIN_NAMES)}",
+        )
     name = GAIN_NAMES[nonlinearity]
     return name, LEAKY_SLOPE if name == "leaky_relu" else 0.0
 

@@ -39,8 +39,11 @@ def _flat_size(in_shape: Sequence[int]) -> int:
 
 def image_shape(in_shape: Sequence[int], model: str) -> tuple[int, int, int]:
     if len(in_shape) != 3:
-        raise ConfigError("model", model, "needs images (C, H, W), but the dataset's inputs have shape "
-                          f"{tuple(in_shape)}; use model=mlp or model=logistic")
+        raise ConfigError(
+            "model",
+            model,
+            f"needs images (C, H, W), but the dataset's inputs have shape {tuple(in_shape)}; use model=mlp or model=logistic",
+        )
     return tuple(int(d) for d in in_shape)
 
 
@@ -130,9 +133,19 @@ class CNN(nn.Module):
         super().__init__()
         in_shape = image_shape(in_shape, "cnn")
         n = len(channels)
-        per = {key: _per_block(value, n, f"model.{key}") for key, value in dict(
-            kernel_size=kernel_size, stride=stride, padding=padding, pooling=pooling, pool_size=pool_size,
-            batch_norm=batch_norm, dropout=dropout, activation=activation).items()}
+        per = {
+            key: _per_block(value, n, f"model.{key}")
+            for key, value in dict(
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=padding,
+                pooling=pooling,
+                pool_size=pool_size,
+                batch_norm=batch_norm,
+                dropout=dropout,
+                activation=activation,
+            ).items()
+        }
         blocks: list[nn.Module] = []
         c_in = in_shape[0]
         for i, c_out in enumerate(int(c) for c in channels):
@@ -173,9 +186,13 @@ class CNN(nn.Module):
                 reason = f" ({str(err).splitlines()[0]})"
             block.train()
             if reason or x.numel() == 0:
-                raise ConfigError("model.channels", channels, f"the feature map of a {in_shape[1]}x{in_shape[2]} input "
-                                  f"shrinks to nothing in block {i}{reason}; use fewer blocks, stride 1, padding "
-                                  "or model.pooling=none")
+                raise ConfigError(
+                    "model.channels",
+                    channels,
+                    f"the feature map of a {in_shape[1]}x{in_shape[2]} input "
+                    f"shrinks to nothing in block {i}{reason}; use fewer blocks, stride 1, padding "
+                    "or model.pooling=none",
+                )
         return x.flatten(1).shape[1]
 
     def forward(self, x):
@@ -197,13 +214,19 @@ class LeNet5(nn.Module):
             raise ConfigError("model.pooling", pooling, "must be max or avg")
         pool = POOLS[pooling]
         self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5, padding=(32 - h) // 2 if fits else 0), make_activation(activation), pool(2),
-            nn.Conv2d(6, 16, 5), make_activation(activation), pool(2),
+            nn.Conv2d(c, 6, 5, padding=(32 - h) // 2 if fits else 0),
+            make_activation(activation),
+            pool(2),
+            nn.Conv2d(6, 16, 5),
+            make_activation(activation),
+            pool(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), make_activation(activation),
-            nn.Linear(120, 84), make_activation(activation),
+            nn.Linear(16 * 5 * 5, 120),
+            make_activation(activation),
+            nn.Linear(120, 84),
+            make_activation(activation),
             nn.Linear(84, num_classes),
         )
 

@@ -40,8 +40,12 @@ class TorchvisionModel(nn.Module):
             raise ConfigError("model", name, f"takes 1- or 3-channel images; the dataset's have {c} channels")
         known = models.list_models(module=models)
         if name not in known:
-            raise ConfigError("model.name", name, f"must be a torchvision classification model{did_you_mean(name, known)}"
-                              " (e.g. resnet18, resnet34, mobilenet_v3_small, efficientnet_b0)")
+            raise ConfigError(
+                "model.name",
+                name,
+                f"must be a torchvision classification model{did_you_mean(name, known)}"
+                " (e.g. resnet18, resnet34, mobilenet_v3_small, efficientnet_b0)",
+            )
         self.name, self.weights, self.resize, self.grey = name, str(weights), resize, c == 1
         self.pretrained = self.weights.lower() not in ("none", "null")
         # googlenet and inception_v3 return auxiliary logits in training unless told not to.
@@ -85,8 +89,10 @@ class TorchvisionModel(nn.Module):
         return self.net(x)
 
     def extra_repr(self) -> str:
-        return (f"name={self.name}, weights={self.weights}, freeze_backbone={self.frozen}, resize={self.resize}"
-                f"{', grey repeated to RGB' if self.grey else ''}")
+        return (
+            f"name={self.name}, weights={self.weights}, freeze_backbone={self.frozen}, resize={self.resize}"
+            f"{', grey repeated to RGB' if self.grey else ''}"
+        )
 
     def _check_input_size(self, c: int, h: int, w: int) -> None:
         was_training = self.training
@@ -96,8 +102,12 @@ class TorchvisionModel(nn.Module):
                 self(torch.zeros(1, c, h, w))
         except Exception as err:  # torchvision raises RuntimeError or AssertionError on sizes it cannot take
             size = f"{self.resize}x{self.resize}" if self.resize else f"{h}x{w}"
-            raise ConfigError("model.resize", self.resize or "null", f"{self.name} cannot take {size} images "
-                              f"({str(err).splitlines()[0]}); set model.resize to a size it takes, e.g. 224") from err
+            raise ConfigError(
+                "model.resize",
+                self.resize or "null",
+                f"{self.name} cannot take {size} images "
+                f"({str(err).splitlines()[0]}); set model.resize to a size it takes, e.g. 224",
+            ) from err
         finally:
             self.train(was_training)
 
@@ -124,8 +134,9 @@ def _load_weights_file(net: nn.Module, path: str, name: str) -> None:
         state = torch.load(file, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as err:
-        raise ConfigError("model.weights", path, f"is not a state dict of torchvision's {name} "
-                          f"({str(err).splitlines()[0].strip()})") from err
+        raise ConfigError(
+            "model.weights", path, f"is not a state dict of torchvision's {name} ({str(err).splitlines()[0].strip()})"
+        ) from err
 
 
 def _replace_head(net: nn.Module, num_classes: int, name: str) -> str:
@@ -142,5 +153,3 @@ def _replace_head(net: nn.Module, num_classes: int, name: str) -> str:
     parent_path, _, attr = path.rpartition(".")
     setattr(net.get_submodule(parent_path) if parent_path else net, attr, head)
     return path
-
-

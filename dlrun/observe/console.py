@@ -66,10 +66,7 @@ class Console:
 
     def epoch_row(self, row: dict, epochs: int, improved: bool) -> None:
         width = len(str(epochs))
-        line = (
-            f"epoch {row['epoch']:>{width}}/{epochs}  train {_fmt(row, 'train')}  "
-            f"val {_fmt(row, 'val')}  {row['time_s']:.1f}s"
-        )
+        line = f"epoch {row['epoch']:>{width}}/{epochs}  train {_fmt(row, 'train')}  val {_fmt(row, 'val')}  {row['time_s']:.1f}s"
         log.info(line + ("  * best" if improved else ""))
         if self.silent:
             return

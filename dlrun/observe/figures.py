@@ -35,8 +35,7 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normal
             for i in range(len(classes)):
                 for j in range(len(classes)):
                     text = format(int(cm[i, j]) if fmt == "d" else values[i, j], fmt)
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                            color="white" if values[i, j] > high else "black")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if values[i, j] > high else "black")
     fig.tight_layout()
     return fig
 
@@ -89,7 +88,7 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8):
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         top, left = r * cell_h + title_h, c * cell_w + (cell_w - w) // 2
-        canvas[top:top + h, left:left + w] = image.transpose(1, 2, 0) if channels == 3 else image[0][..., None]
+        canvas[top : top + h, left : left + w] = image.transpose(1, 2, 0) if channels == 3 else image[0][..., None]
     fig = Figure(figsize=(canvas.shape[1] * inch, canvas.shape[0] * inch))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(canvas, vmin=0, vmax=1, interpolation="nearest")

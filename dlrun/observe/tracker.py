@@ -53,9 +53,7 @@ class Tracker:
             self.test_logged = bool(finished) and self.writes and _has_tag(self.run_dir, "test/loss")
         self.writer.add_custom_scalars(
             {
-                "Learning curves (train vs val)": {
-                    m: ["Multiline", [f"train/{m}", f"val/{m}"]] for m in METRIC_NAMES
-                },
+                "Learning curves (train vs val)": {m: ["Multiline", [f"train/{m}", f"val/{m}"]] for m in METRIC_NAMES},
             }
         )
         if cfg.logging.hparams:

@@ -44,8 +44,14 @@ class Run:
             overrides[key.lstrip("+~")] = value
         hydra_cfg = read_yaml(hydra_dir / "hydra.yaml") or {}
         choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-        return cls(path, overrides, read_yaml(hydra_dir / "config.yaml") or {}, choices,
-                   read_json(path / "metrics.json"), read_history(path / "history.csv"))
+        return cls(
+            path,
+            overrides,
+            read_yaml(hydra_dir / "config.yaml") or {},
+            choices,
+            read_json(path / "metrics.json"),
+            read_history(path / "history.csv"),
+        )
 
     def value(self, key: str) -> str:
         """A config value as text: a group's chosen option, else the key in the saved config."""
@@ -89,5 +95,3 @@ def float_or_nan(text) -> float:
         return float(text)
     except (TypeError, ValueError):
         return math.nan
-
-

@@ -62,13 +62,13 @@ class Row:
 
 @dataclass
 class Summary:
-    rows: list[Row]                 # jobs, sorted by the objective, best first
-    groups: list[Row] | None        # with `seed` swept: jobs grouped by the other axes, best first
+    rows: list[Row]  # jobs, sorted by the objective, best first
+    groups: list[Row] | None  # with `seed` swept: jobs grouped by the other axes, best first
     axes: list[str]
     monitor: str
     mode: str
     out_dir: Path
-    search: dict | None = None      # the best parameters found by an optuna search
+    search: dict | None = None  # the best parameters found by an optuna search
 
     @property
     def failed(self) -> list[Row]:
@@ -108,8 +108,12 @@ def build_summary(runs: list[Run], out_dir: Path, with_names: bool) -> Summary:
         for run in runs:
             by_values.setdefault(tuple(run.value(a) for a in others), []).append(run)
         groups = sorted(
-            (_row(",".join(f"{a}={v}" for a, v in zip(others, values)) or "all seeds", dict(zip(others, values)),
-                  group, monitor) for values, group in by_values.items()),
+            (
+                _row(
+                    ",".join(f"{a}={v}" for a, v in zip(others, values)) or "all seeds", dict(zip(others, values)), group, monitor
+                )
+                for values, group in by_values.items()
+            ),
             key=rank,
         )
     return Summary(rows, groups, axes, monitor, mode, out_dir, read_yaml(out_dir / "optimization_results.yaml"))
@@ -181,24 +185,37 @@ def _fmt_time(values: list[float]) -> str:
 def table_cells(summary: Summary, rows: list[Row], grouped: bool, with_names: bool):
     """The header and the rows of text of a summary table (console, markdown)."""
     axes = [a for a in summary.axes if not (grouped and a == SEED_AXIS)]
-    header = ["", *(["run"] if with_names else []), *axes, *(["seeds"] if grouped else []),
-              f"best {summary.monitor}", "epoch", "test acc", "test f1", "epochs", "time", "status"]
+    header = [
+        "",
+        *(["run"] if with_names else []),
+        *axes,
+        *(["seeds"] if grouped else []),
+        f"best {summary.monitor}",
+        "epoch",
+        "test acc",
+        "test f1",
+        "epochs",
+        "time",
+        "status",
+    ]
     best = rows[0] if rows and not math.isnan(rows[0].score) else None
     body = []
     for row in rows:
-        body.append([
-            "*" if row is best else "",
-            *([row.name] if with_names else []),
-            *[_short(row.values.get(a, "")) for a in axes],
-            *([str(len(row.runs))] if grouped else []),
-            _fmt(row.objective),
-            _fmt(row.best_epoch, 0, spread=False),
-            _fmt(row.test_accuracy),
-            _fmt(row.test_f1),
-            _fmt(row.epochs, 0, spread=False),
-            _fmt_time(row.time_s),
-            row.status,
-        ])
+        body.append(
+            [
+                "*" if row is best else "",
+                *([row.name] if with_names else []),
+                *[_short(row.values.get(a, "")) for a in axes],
+                *([str(len(row.runs))] if grouped else []),
+                _fmt(row.objective),
+                _fmt(row.best_epoch, 0, spread=False),
+                _fmt(row.test_accuracy),
+                _fmt(row.test_f1),
+                _fmt(row.epochs, 0, spread=False),
+                _fmt_time(row.time_s),
+                row.status,
+            ]
+        )
     return header, body
 
 
@@ -237,27 +254,67 @@ def write_summary(summary: Summary, title: str, with_names: bool) -> None:
     out = summary.out_dir
     out.mkdir(parents=True, exist_ok=True)
     objective = f"best_{summary.monitor}"
-    header = ["run", *summary.axes, objective, "best_epoch", "test/accuracy", "test/f1", "epochs", "wall_time_s",
-              "status", "error", "path"]
+    header = [
+        "run",
+        *summary.axes,
+        objective,
+        "best_epoch",
+        "test/accuracy",
+        "test/f1",
+        "epochs",
+        "wall_time_s",
+        "status",
+        "error",
+        "path",
+    ]
     rows = []
     for row in summary.rows:
         run = row.runs[0]
-        rows.append([row.name, *[row.values[a] for a in summary.axes], _csv(row.objective), _csv(row.best_epoch),
-                     _csv(row.test_accuracy), _csv(row.test_f1), _csv(row.epochs), _csv(row.time_s),
-                     run.status, run.metrics.get("error", ""), os.path.relpath(run.path, out)])
+        rows.append(
+            [
+                row.name,
+                *[row.values[a] for a in summary.axes],
+                _csv(row.objective),
+                _csv(row.best_epoch),
+                _csv(row.test_accuracy),
+                _csv(row.test_f1),
+                _csv(row.epochs),
+                _csv(row.time_s),
+                run.status,
+                run.metrics.get("error", ""),
+                os.path.relpath(run.path, out),
+            ]
+        )
     write_csv(out / "summary.csv", header, rows)
-    write_json(out / "summary.json", {"title": title, "monitor": summary.monitor, "mode": summary.mode,
-                                      "failed": [row.name for row in summary.failed],
-                                      "rows": [_record(header, cells) for cells in rows]})
+    write_json(
+        out / "summary.json",
+        {
+            "title": title,
+            "monitor": summary.monitor,
+            "mode": summary.mode,
+            "failed": [row.name for row in summary.failed],
+            "rows": [_record(header, cells) for cells in rows],
+        },
+    )
 
-    parts = [f"# {title}", "",
-             f"Objective: {summary.monitor} ({summary.mode}imize), best marked *. Jobs: {len(summary.rows)}, "
-             f"not finished: {len(summary.failed)}. A failed job's traceback is in its log file.", ""]
+    parts = [
+        f"# {title}",
+        "",
+        f"Objective: {summary.monitor} ({summary.mode}imize), best marked *. Jobs: {len(summary.rows)}, "
+        f"not finished: {len(summary.failed)}. A failed job's traceback is in its log file.",
+        "",
+    ]
     if summary.search and "best_params" in summary.search:
         parts += [f"Optuna's best parameters: {_params(summary.search)}", ""]
     if summary.groups is not None:
-        parts += ["## By configuration, mean ± std over seeds", "",
-                  markdown_table(*table_cells(summary, summary.groups, True, False)), "", "## Every job", ""]
+        parts += [
+            "## By configuration, mean ± std over seeds",
+            "",
+            markdown_table(*table_cells(summary, summary.groups, True, False)),
+            "",
+            "## Every job",
+            "",
+        ]
     parts += [markdown_table(*table_cells(summary, summary.rows, False, with_names)), ""]
     write_text(out / "summary.md", "\n".join(parts))
     save_figure(curves_figure(summary), out / "curves.png")
@@ -298,8 +355,15 @@ def curves_figure(summary: Summary):
                 continue
             mean = np.nanmean(values, axis=0)
             label = ("* " if row is best else "") + (row.name if len(row.name) <= 60 else row.name[:57] + "...")
-            ax.plot(epochs, mean, marker="o" if length < 30 else None, markersize=3, color=color,
-                    linewidth=2.5 if row is best else 1.2, label=label)
+            ax.plot(
+                epochs,
+                mean,
+                marker="o" if length < 30 else None,
+                markersize=3,
+                color=color,
+                linewidth=2.5 if row is best else 1.2,
+                label=label,
+            )
             if len(histories) > 1:
                 std = np.nanstd(values, axis=0)
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
@@ -336,5 +400,3 @@ def summarize(paths: list[Path], out_dir: Path, what: str = "runs") -> Summary:
     print_summary(summary, title, with_names, Path(os.path.commonpath([str(p) for p in run_dirs])))
     write_summary(summary, title, with_names)
     return summary
-
-

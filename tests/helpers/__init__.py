@@ -48,8 +48,15 @@ def compose_config(*overrides: str):
 
 # A short completed run, shared by the fault tests (the uninterrupted run that a resumed one must
 # equal) and the safe-loading tests (the run `dlrun eval` evaluates again). Tests must not change it.
-REFERENCE_ARGS = ("trainer.epochs=3", "model.hidden_sizes=[400]", "trainer.precision=32", "trainer.log_every_n_steps=5",
-                  "logging.graph=false", "logging.confusion_matrix_every=0", "logging.misclassified=0")
+REFERENCE_ARGS = (
+    "trainer.epochs=3",
+    "model.hidden_sizes=[400]",
+    "trainer.precision=32",
+    "trainer.log_every_n_steps=5",
+    "logging.graph=false",
+    "logging.confusion_matrix_every=0",
+    "logging.misclassified=0",
+)
 
 # Skips that say why: a check that needs hardware or an extra this machine lacks is skipped, never faked.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
