@@ -152,24 +152,8 @@ def evaluate_checkpoint(
     cfg = OmegaConf.create(state["config"])  # YAML through a safe loader: data only
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     check_targets(model_cfg, trust)
-    if dataset is not None:
-        cfg.dataset = compose_config("train", [f"dataset={dataset}"]).dataset
-    if dataset_overrides:
-        cfg.dataset = OmegaConf.merge(cfg.dataset, OmegaConf.from_dotlist(list(dataset_overrides)))
-    if batch_size is not None:
-        cfg.trainer.eval_batch_size = batch_size
-    data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)  # the seeded val split of training
+    data = eval_data(cfg, state, ckpt_path, dataset, dataset_overrides, batch_size)
     classes, in_shape = list(state["classes"]), tuple(state["in_shape"])
-    if tuple(data.in_shape) != in_shape or data.num_classes != len(classes):
-        raise ConfigError(
-            "dataset",
-            cfg.dataset.name,
-            f"is not compatible with {ckpt_path}: its inputs are "
-            f"{tuple(data.in_shape)} with {data.num_classes} classes, the model takes {in_shape} "
-            f"with {len(classes)} classes",
-        )
-    # The model learned on inputs normalised with its training set's statistics: keep them.
-    data.mean, data.std = tuple(state["mean"]), tuple(state["std"])
     dev = resolve_device(OmegaConf.create({"type": device, "index": None}))
     model = rebuild_model(model_cfg, state, ckpt_path, in_shape, len(classes), trust).to(dev)
     amp = Precision(cfg.trainer.get("precision", "32"), dev, model)  # as the run evaluated: same numbers
@@ -204,6 +188,29 @@ def evaluate_checkpoint(
     )
     console.print(f"eval saved in {out}")
     return result
+
+
+def eval_data(cfg, state: dict, ckpt_path: Path, dataset, dataset_overrides, batch_size):
+    """The data to evaluate on: the run's own dataset (its seeded val split), or another of the same shape."""
+    if dataset is not None:
+        cfg.dataset = compose_config("train", [f"dataset={dataset}"]).dataset
+    if dataset_overrides:
+        cfg.dataset = OmegaConf.merge(cfg.dataset, OmegaConf.from_dotlist(list(dataset_overrides)))
+    if batch_size is not None:
+        cfg.trainer.eval_batch_size = batch_size
+    data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)
+    classes, in_shape = list(state["classes"]), tuple(state["in_shape"])
+    if tuple(data.in_shape) != in_shape or data.num_classes != len(classes):
+        raise ConfigError(
+            "dataset",
+            cfg.dataset.name,
+            f"is not compatible with {ckpt_path}: its inputs are "
+            f"{tuple(data.in_shape)} with {data.num_classes} classes, the model takes {in_shape} "
+            f"with {len(classes)} classes",
+        )
+    # The model learned on inputs normalised with its training set's statistics: keep them.
+    data.mean, data.std = tuple(state["mean"]), tuple(state["std"])
+    return data
 
 
 def rebuild_model(model_cfg: dict, state: dict, ckpt_path: Path, in_shape, num_classes: int, trust: bool) -> nn.Module:

@@ -251,13 +251,27 @@ def _params(search: dict) -> str:
 
 
 def write_summary(summary: Summary, title: str, with_names: bool) -> None:
+    """summary.csv and summary.json (one row per job), summary.md (the tables) and curves.png."""
     out = summary.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    objective = f"best_{summary.monitor}"
+    header, rows = job_rows(summary)
+    write_csv(out / "summary.csv", header, rows)
+    failed = [row.name for row in summary.failed]
+    records = [_record(header, cells) for cells in rows]
+    write_json(
+        out / "summary.json",
+        {"title": title, "monitor": summary.monitor, "mode": summary.mode, "failed": failed, "rows": records},
+    )
+    write_text(out / "summary.md", summary_markdown(summary, title, with_names))
+    save_figure(curves_figure(summary), out / "curves.png")
+
+
+def job_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of summary.csv: one row per job, every digit kept."""
     header = [
         "run",
         *summary.axes,
-        objective,
+        f"best_{summary.monitor}",
         "best_epoch",
         "test/accuracy",
         "test/f1",
@@ -270,33 +284,21 @@ def write_summary(summary: Summary, title: str, with_names: bool) -> None:
     rows = []
     for row in summary.rows:
         run = row.runs[0]
+        numbers = [row.objective, row.best_epoch, row.test_accuracy, row.test_f1, row.epochs, row.time_s]
         rows.append(
             [
                 row.name,
                 *[row.values[a] for a in summary.axes],
-                _csv(row.objective),
-                _csv(row.best_epoch),
-                _csv(row.test_accuracy),
-                _csv(row.test_f1),
-                _csv(row.epochs),
-                _csv(row.time_s),
+                *map(_csv, numbers),
                 run.status,
                 run.metrics.get("error", ""),
-                os.path.relpath(run.path, out),
+                os.path.relpath(run.path, summary.out_dir),
             ]
         )
-    write_csv(out / "summary.csv", header, rows)
-    write_json(
-        out / "summary.json",
-        {
-            "title": title,
-            "monitor": summary.monitor,
-            "mode": summary.mode,
-            "failed": [row.name for row in summary.failed],
-            "rows": [_record(header, cells) for cells in rows],
-        },
-    )
+    return header, rows
 
+
+def summary_markdown(summary: Summary, title: str, with_names: bool) -> str:
     parts = [
         f"# {title}",
         "",
@@ -307,17 +309,10 @@ def write_summary(summary: Summary, title: str, with_names: bool) -> None:
     if summary.search and "best_params" in summary.search:
         parts += [f"Optuna's best parameters: {_params(summary.search)}", ""]
     if summary.groups is not None:
-        parts += [
-            "## By configuration, mean ± std over seeds",
-            "",
-            markdown_table(*table_cells(summary, summary.groups, True, False)),
-            "",
-            "## Every job",
-            "",
-        ]
+        by_config = markdown_table(*table_cells(summary, summary.groups, True, False))
+        parts += ["## By configuration, mean ± std over seeds", "", by_config, "", "## Every job", ""]
     parts += [markdown_table(*table_cells(summary, summary.rows, False, with_names)), ""]
-    write_text(out / "summary.md", "\n".join(parts))
-    save_figure(curves_figure(summary), out / "curves.png")
+    return "\n".join(parts)
 
 
 def _record(header: list[str], cells: list[str]) -> dict:
