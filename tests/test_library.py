@@ -58,7 +58,7 @@ def test_a_second_run_in_the_same_process_gives_the_same_numbers(two_runs):
     [
         (["optimizer.lr=-1"], "optimizer.lr=-1: must be a number > 0"),
         (["model=mpl"], "model=mpl: no such option; did you mean 'mlp'?"),
-        (["trainer.epoch=3"], "trainer.epoch: no such key; did you mean 'trainer.epochs'?"),
+        (["trainer.epoch=3"], "trainer.epoch: no such key; did you mean 'trainer.epochs'"),
     ],
 )
 def test_a_bad_override_raises_dlruns_error_with_the_commands_line(overrides, line, tmp_path, monkeypatch):
