@@ -353,7 +353,7 @@ def epoch_times(root: Path, plain_root: Path) -> dict:
     from torchvision import datasets, transforms
 
     from dlrun.data import DeviceLoader, load_data
-    from dlrun.train import Precision
+    from dlrun.engine.precision import Precision
 
     data = load_data(dlrun_config("dataset=mnist", f"dataset.root={root}").dataset, seed=0, val_fraction=1 / 60)
     standard_set = datasets.MNIST(

@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from helpers import DLRUN, run_dlrun
+from helpers import DLRUN, run_dlrun, without_cuda
 
 from dlrun.app.cli import SUBCOMMANDS
 from dlrun.config.groups import config_groups
@@ -95,7 +94,7 @@ def test_unknown_key_suggests_the_closest(workdir):
     assert_one_line_error(run_dlrun("train", "trainer.epoch=3", cwd=workdir, check=False), "trainer.epochs")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@without_cuda
 def test_cuda_on_a_machine_without_it_names_the_available_devices(workdir):
     proc = run_dlrun("train", "model=cnn", "device=cuda", "trainer.epochs=1", cwd=workdir, check=False)
     assert_one_line_error(proc, "cuda", "available", "cpu", code=1)

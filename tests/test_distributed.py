@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_dlrun
+from helpers import needs_two_gpus, run_dlrun
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
@@ -306,7 +306,7 @@ def test_resume_after_a_rank_died_continues_as_if_never_stopped(killed_run, ddp_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nccl across processes needs at least 2 CUDA GPUs")
+@needs_two_gpus
 def test_two_gpus_with_nccl_match_one_gpu(tmp_path):
     (tmp_path / "ddp").mkdir()
     (tmp_path / "one").mkdir()

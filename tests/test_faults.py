@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DLRUN, REFERENCE_ARGS, run_dlrun
+from helpers import DLRUN, REFERENCE_ARGS, needs_cuda, run_dlrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dlrun.engine import checkpoint
@@ -260,7 +260,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(reference_run, tmp_p
     assert len(read_history(run)) == 3
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA out of memory needs a CUDA GPU")
+@needs_cuda
 def test_cuda_out_of_memory_names_the_batch_size(tmp_path):
     # 256 images of 512x512 through 4096 channels need about a terabyte of activations.
     proc = run_dlrun(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_dlrun
+from helpers import needs_module, run_dlrun
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 from test_train_run import finished_run
@@ -254,6 +254,7 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_reruns_the_rest(configs, fail
 
 
 @pytest.mark.slow
+@needs_module("hydra_plugins.hydra_joblib_launcher", "cluster")
 def test_joblib_runs_two_jobs_in_parallel_and_seeds_are_grouped(configs, tmp_path):
     sweep_dir = tmp_path / "S"
     proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
@@ -274,6 +275,7 @@ def test_joblib_runs_two_jobs_in_parallel_and_seeds_are_grouped(configs, tmp_pat
 
 
 @pytest.mark.slow
+@needs_module("hydra_plugins.hydra_submitit_launcher", "cluster")
 def test_submitit_local_executor(configs, tmp_path):
     sweep_dir = tmp_path / "S"
     proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hydra/launcher=submitit_local", "model.dropout=0,0.2")
@@ -285,6 +287,7 @@ def test_submitit_local_executor(configs, tmp_path):
 
 
 @pytest.mark.slow
+@needs_module("hydra_plugins.hydra_optuna_sweeper", "search")
 @pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2.x on SQLAlchemy 1.4
 def test_optuna_search_returns_objectives_and_stores_the_best(configs, tmp_path):
     import optuna

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_dlrun
+from helpers import needs_cuda, run_dlrun
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -259,7 +259,7 @@ def test_same_seed_twice_on_cpu_gives_identical_metrics(tmp_path_factory):
     assert without_timing(read_history(again.dir)) == without_timing(read_history(first.dir))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_run_and_its_checkpoint_load_on_cpu(tmp_path):
     run_dir = tmp_path / "cuda"
     run_dlrun("train", "model=cnn", "device=cuda", "device.index=0", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)

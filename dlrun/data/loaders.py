@@ -65,13 +65,14 @@ class _Batches:
         mean,
         std,
         shuffle: bool,
-        seed: int,
-        rank: int,
-        world_size: int,
-        augment: BatchAugment | None,
-        memory_format,
+        *,
         index_device,
         feature_dims: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: BatchAugment | None = None,
+        memory_format=None,
         limit: int | None = None,
     ):
         self.n = n
@@ -140,38 +141,12 @@ class _Batches:
 
 
 class DeviceLoader(_Batches):
-    """Batches of an in-memory split held on `device`: one shuffle per epoch, prepared on the device."""
+    """Batches of an in-memory split held on `device`: one shuffle per epoch, prepared on the device.
+    `options`: seed, rank, world_size, augment, memory_format and limit, as _Batches takes them."""
 
-    def __init__(
-        self,
-        split: Split,
-        batch_size: int,
-        device,
-        mean,
-        std,
-        shuffle: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        augment: BatchAugment | None = None,
-        memory_format=None,
-        limit: int | None = None,
-    ):
+    def __init__(self, split: Split, batch_size: int, device, mean, std, shuffle: bool, **options):
         super().__init__(
-            len(split),
-            batch_size,
-            device,
-            mean,
-            std,
-            shuffle,
-            seed,
-            rank,
-            world_size,
-            augment,
-            memory_format,
-            index_device=device,
-            feature_dims=split.x.dim() == 2,
-            limit=limit,
+            len(split), batch_size, device, mean, std, shuffle, index_device=device, feature_dims=split.x.dim() == 2, **options
         )
         self.x = split.x.to(device)
         self.y = split.y.to(device)
@@ -191,38 +166,8 @@ class FileLoader(_Batches):
     """Batches of image files read by a DataLoader's workers (pinned memory, workers kept between epochs),
     then moved to `device` and prepared there like a DeviceLoader's."""
 
-    def __init__(
-        self,
-        split: FileSplit,
-        batch_size: int,
-        device,
-        mean,
-        std,
-        shuffle: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        augment: BatchAugment | None = None,
-        memory_format=None,
-        num_workers: int = 2,
-        limit: int | None = None,
-    ):
-        super().__init__(
-            len(split),
-            batch_size,
-            device,
-            mean,
-            std,
-            shuffle,
-            seed,
-            rank,
-            world_size,
-            augment,
-            memory_format,
-            index_device="cpu",
-            feature_dims=False,
-            limit=limit,
-        )
+    def __init__(self, split: FileSplit, batch_size: int, device, mean, std, shuffle: bool, num_workers: int = 2, **options):
+        super().__init__(len(split), batch_size, device, mean, std, shuffle, index_device="cpu", feature_dims=False, **options)
         self.y = split.y
         self.loader = DataLoader(
             Subset(split.folder, split.indices.tolist()),

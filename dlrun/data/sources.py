@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.datasets
+from PIL import Image
 
 from dlrun.core.errors import ConfigError, DataError
 from dlrun.core.io import atomic_write
@@ -220,7 +222,7 @@ def _writable(folder: Path) -> bool:
 
 
 def _load_digits(cfg) -> tuple[Split, Split, list[str]]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn loads in a second: only for the sets it makes
 
     digits = load_digits()
     # Pixel values are 0..16; scale them onto uint8 like every other image set.
@@ -241,8 +243,6 @@ MNIST_FILES = [
 
 def _load_idx_set(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
     """MNIST, FashionMNIST or KMNIST through torchvision: root/<class_name>/raw holds the IDX files, plain or .gz."""
-    import torchvision.datasets
-
     cls = getattr(torchvision.datasets, class_name)
     root = _check_root(cfg.root)
     raw = root / class_name / "raw"
@@ -311,8 +311,6 @@ def _unpack(source: Path, dest: Path) -> None:
 
 def _load_cifar(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
     """CIFAR-10 or CIFAR-100 through torchvision, from the python pickle batches it downloads."""
-    import torchvision.datasets
-
     cls = getattr(torchvision.datasets, class_name)
     root = _check_root(cfg.root)
     folder = root / cls.base_folder
@@ -389,7 +387,7 @@ def _load_toy(cfg) -> tuple[Split, Split, list[str]]:
     elif cfg.name == "xor":
         x, y = _xor(n, noise, rng)
     else:
-        from sklearn import datasets
+        from sklearn import datasets  # scikit-learn loads in a second: only for the sets it makes
 
         seed = int(rng.integers(2**31))
         if cfg.name == "moons":
@@ -447,8 +445,6 @@ SOURCES: dict[str, Source] = {
 
 def _load_image_folder(cfg, seed: int, val_fraction: float) -> Data:
     """A user's images in root/<class>/*, or in root/train/<class>/* with val/ and test/ beside train/."""
-    from torchvision.datasets import ImageFolder
-
     root = _check_root(cfg.root)
     layout = "root/<class>/*.png|jpg, or root/train/<class>/... with optional val/ and test/ beside it"
     if not root.is_dir():
@@ -460,7 +456,7 @@ def _load_image_folder(cfg, seed: int, val_fraction: float) -> Data:
 
     def folder(path: Path) -> FileSplit:
         try:
-            return FileSplit(ImageFolder(str(path), loader=reader))
+            return FileSplit(torchvision.datasets.ImageFolder(str(path), loader=reader))
         except FileNotFoundError as err:  # no class folders, or no image files in them
             raise DataError(f"dataset.root={cfg.root}: {err} (image_folder reads {layout})") from err
 
@@ -507,8 +503,6 @@ class ImageReader:
         self.expected: tuple[int, int] | None = None
 
     def __call__(self, path: str) -> torch.Tensor:
-        from PIL import Image
-
         try:
             with Image.open(path) as img:
                 img = img.convert(self.mode)

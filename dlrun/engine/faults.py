@@ -6,6 +6,8 @@ import math
 import signal
 import threading
 
+import torch
+
 from dlrun.core.errors import DlrunError
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
@@ -82,8 +84,6 @@ def check_finite(losses: list[float], first_step: int, epoch: int, last_finite: 
 
 
 def out_of_memory(err: BaseException, batch_size: int, eval_batch_size: int, device) -> DlrunError:
-    import torch
-
     where = str(device)
     with contextlib.suppress(Exception):
         total = torch.cuda.get_device_properties(device).total_memory / 2**30

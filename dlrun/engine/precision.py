@@ -24,7 +24,7 @@ class Precision:
         if choice not in PRECISIONS:
             raise ConfigError("trainer.precision", value, precision_rule(value))
         if choice == "auto":
-            convolves = model is None or any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+            convolves = model is None or any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules())
             choice = "bf16" if native_bf16(device) and (device.type != "cpu" or convolves) else "32"
         if choice == "16" and device.type != "cuda":
             raise ConfigError("trainer.precision", value, f"fp16 needs device=cuda; on {device.type} use bf16 or 32")

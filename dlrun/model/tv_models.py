@@ -77,7 +77,7 @@ class TorchvisionModel(nn.Module):
         if self.frozen:
             # A frozen backbone keeps its batch-norm statistics too, not only its weights.
             for m in self.net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
                     m.eval()
         return self
 

@@ -1,5 +1,7 @@
 """Classification metrics with torchmetrics, accumulated on the training device and read once per epoch."""
 
+import functools
+
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
@@ -9,6 +11,8 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+
+from dlrun.config.schema import METRIC_NAMES
 
 
 class MeanLoss(Metric):
@@ -30,6 +34,15 @@ class MeanLoss(Metric):
         return (self.total / self.count).float()
 
 
+# How each score of METRIC_NAMES is computed: accuracy over all samples, the others averaged over classes.
+SCORES = {
+    "accuracy": functools.partial(MulticlassAccuracy, average="micro"),
+    "precision": functools.partial(MulticlassPrecision, average="macro"),
+    "recall": functools.partial(MulticlassRecall, average="macro"),
+    "f1": functools.partial(MulticlassF1Score, average="macro"),
+}
+
+
 class ClassificationMetrics(torch.nn.Module):
     """Mean loss, accuracy, and macro precision, recall and F1 over an epoch."""
 
@@ -37,14 +50,7 @@ class ClassificationMetrics(torch.nn.Module):
         super().__init__()
         # validate_args=False: the checks read values back to the host at every step.
         kw = dict(num_classes=num_classes, validate_args=False)
-        self.scores = MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(average="micro", **kw),
-                "precision": MulticlassPrecision(average="macro", **kw),
-                "recall": MulticlassRecall(average="macro", **kw),
-                "f1": MulticlassF1Score(average="macro", **kw),
-            }
-        )
+        self.scores = MetricCollection({name: SCORES[name](**kw) for name in METRIC_NAMES if name != "loss"})
         self.loss = MeanLoss()
 
     def reset(self) -> None:

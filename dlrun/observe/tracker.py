@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -188,8 +189,6 @@ class Tracker:
 
 
 def _has_tag(run_dir: Path, tag: str) -> bool:
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():
             if any(value.tag == tag for value in event.summary.value):
