@@ -29,6 +29,9 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
     )
     assert (target / "dlrun" / "configs" / "train.yaml").is_file()
     assert (target / "dlrun" / "configs" / "model" / "cnn.yaml").is_file()
+    source = ROOT / "dlrun" / "configs"
+    shipped = {p.relative_to(target / "dlrun" / "configs") for p in (target / "dlrun" / "configs").rglob("*.yaml")}
+    assert shipped == {p.relative_to(source) for p in source.rglob("*.yaml")}, "every config file of every group ships"
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

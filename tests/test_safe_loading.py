@@ -180,6 +180,16 @@ def test_eval_refuses_a_config_outside_the_allow_list_until_trusted(run_dir, tmp
 
 
 @pytest.mark.slow
+def test_eval_of_a_run_saved_before_the_packages_moved(run_dir, tmp_path):
+    # Runs saved by dlrun 0.1 name their model `dlrun.models.MLP`: they still evaluate, to the same numbers.
+    old = with_model_target(run_dir, tmp_path / "old-run", "dlrun.models.MLP")
+    assert "_target_: dlrun.models.MLP" in checkpoint.load(old / "best.pt")["config"]
+    result = evaluate_checkpoint(old, device="cpu")
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert result["test"] == pytest.approx(trained["test"], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_eval_refuses_a_function_that_is_not_a_module_class_even_in_torch(run_dir, tmp_path):
     copy = with_model_target(run_dir, tmp_path / "run", "torch.save")
     with pytest.raises(DlrunError, match="must be a torch.nn.Module class"):

@@ -98,6 +98,26 @@ def parse_options(args: list[str]) -> tuple[dict, list[str]]:
     return options, dataset_overrides
 
 
+# Where dlrun's classes lived before its packages were layered: checkpoints saved then still name them.
+MOVED = {"dlrun.models.": "dlrun.model.", "dlrun.initializers.": "dlrun.model.initializers."}
+
+
+def _current_targets(node):
+    """A saved model config with the `_target_` names of dlrun's classes as they are named today."""
+    if isinstance(node, dict):
+        return {k: _current_targets(_moved(v) if k == "_target_" else v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_current_targets(v) for v in node]
+    return node
+
+
+def _moved(target):
+    for old, new in MOVED.items():
+        if isinstance(target, str) and target.startswith(old):
+            return new + target[len(old) :]
+    return target
+
+
 def check_targets(node, trust: bool, where: str = "model") -> None:
     """Every `_target_` under `node` must be in the allow-list, unless the user trusts the config."""
     if trust:
@@ -150,7 +170,7 @@ def evaluate_checkpoint(
     ckpt_path, run_dir = find_checkpoint(path)
     state = checkpoint.load(ckpt_path)  # weights_only=True: a tampered file is refused before anything runs
     cfg = OmegaConf.create(state["config"])  # YAML through a safe loader: data only
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg = _current_targets(OmegaConf.to_container(cfg.model, resolve=True))
     check_targets(model_cfg, trust)
     data = eval_data(cfg, state, ckpt_path, dataset, dataset_overrides, batch_size)
     classes, in_shape = list(state["classes"]), tuple(state["in_shape"])
