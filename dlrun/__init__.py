@@ -3,7 +3,9 @@
 From Python: `dlrun.train(["model=cnn", "trainer.epochs=1"])` and `dlrun.sweep([...])`. Importing
 dlrun imports neither torch nor Hydra: they load when a run starts."""
 
-__version__ = "0.1.0"
+from dlrun.core import __version__
+
+__all__ = ["__version__", "sweep", "train"]
 
 
 def train(overrides=(), config_dir=None):

@@ -10,8 +10,8 @@ import os
 import sys
 import threading
 
-from dlrun import __version__
 from dlrun.config.groups import config_groups
+from dlrun.core import __version__
 from dlrun.core.ranks import rank_label
 from dlrun.core.text import did_you_mean
 
