@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_mnist import FILES, idx_images, idx_labels, tiny_mnist
 
+import dlrun
 from dlrun.core.errors import ConfigError, DataError
 from dlrun.data import CACHE_NAME, FileSplit, load_data, make_loaders
 
@@ -306,18 +307,18 @@ def test_dlrun_trains_on_an_image_folder(tmp_path):
     write_pngs(tmp_path / "pics" / "train", per_class=6)
     write_pngs(tmp_path / "pics" / "test", per_class=3, seed=1)
     run_dir = tmp_path / "run"
-    run_dlrun(
-        "train",
-        "dataset=image_folder",
-        f"dataset.root={tmp_path / 'pics'}",
-        "dataset.resize=16",
-        "dataset.num_workers=1",
-        "dataset.augment.hflip=true",
-        "model=cnn",
-        "model.channels=[4]",
-        "trainer.epochs=2",
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
+    dlrun.train(
+        [
+            "dataset=image_folder",
+            f"dataset.root={tmp_path / 'pics'}",
+            "dataset.resize=16",
+            "dataset.num_workers=1",
+            "dataset.augment.hflip=true",
+            "model=cnn",
+            "model.channels=[4]",
+            "trainer.epochs=2",
+            f"hydra.run.dir={run_dir}",
+        ]
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs_completed"] == 2

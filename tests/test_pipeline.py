@@ -5,13 +5,14 @@ import json
 
 import pytest
 import torch
-from helpers import compose_config, run_dlrun
+from helpers import compose_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_datasets import write_idx_set, write_pngs
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+import dlrun
 from dlrun.core.errors import ConfigError
 from dlrun.data import DeviceLoader, FileLoader, Split, load_data, make_loaders
 from dlrun.data.augment import BatchAugment, random_crop
@@ -156,20 +157,20 @@ def spiral_runs(tmp_path_factory):
     results = {}
     for precision in ("32", "bf16"):
         run_dir = tmp_path_factory.mktemp("runs") / precision
-        run_dlrun(
-            "train",
-            "dataset=spiral",
-            "model.hidden_sizes=[64,64]",
-            "optimizer=adam",
-            "optimizer.lr=0.01",
-            "trainer.epochs=8",
-            f"trainer.precision={precision}",
-            "logging.confusion_matrix_every=0",
-            "logging.graph=false",
-            f"hydra.run.dir={run_dir}",
-            cwd=run_dir.parent,
+        run = dlrun.train(
+            [
+                "dataset=spiral",
+                "model.hidden_sizes=[64,64]",
+                "optimizer=adam",
+                "optimizer.lr=0.01",
+                "trainer.epochs=8",
+                f"trainer.precision={precision}",
+                "logging.confusion_matrix_every=0",
+                "logging.graph=false",
+                f"hydra.run.dir={run_dir}",
+            ]
         )
-        results[precision] = json.loads((run_dir / "metrics.json").read_text())
+        results[precision] = json.loads((run.run_dir / "metrics.json").read_text())
     return results
 
 
