@@ -56,6 +56,11 @@ def error_for(*overrides: str) -> tuple[str, int] | None:
         (["model.hidden_sizes=[50,-5]"], "model.hidden_sizes=[50,-5]: must be a list of integers >= 1"),
         (["optimizer.nesterov=true"], "optimizer.nesterov=true: needs optimizer.momentum > 0"),
         (["trainer.epochs=${nowhere}"], "trainer.epochs=${nowhere}: cannot be resolved"),
+        (
+            ["model.hidden_sizes=50,50"],
+            "model.hidden_sizes=50,50: a comma makes a sweep; write a list as "
+            "model.hidden_sizes=[50,50], a text with commas as model.hidden_sizes='50,50', or add -m",
+        ),
     ],
 )
 def test_a_bad_value_names_key_value_and_what_is_allowed(overrides, expected):

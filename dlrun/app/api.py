@@ -40,6 +40,9 @@ def sweep(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | 
 def _args(overrides, config_dir) -> list[str]:
     if isinstance(overrides, str):
         raise TypeError("overrides: a list of strings, e.g. ['model=cnn', 'trainer.epochs=1']")
+    for arg in overrides:
+        if arg.startswith("-") and arg not in ("-m", "--multirun"):  # Hydra's own flags would exit the interpreter
+            raise DlrunError(f"{arg}: dlrun.train and dlrun.sweep take KEY=VALUE overrides (config_dir= for --config-dir)")
     return [*(["--config-dir", str(Path(config_dir).expanduser().resolve())] if config_dir else []), *overrides]
 
 

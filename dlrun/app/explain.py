@@ -40,6 +40,13 @@ def describe(err: BaseException, overrides: list[str]) -> tuple[str, int]:
         if match:
             key = match.group(1)
             return f"{key}: no such key{did_you_mean(key, known_keys(overrides))}", 2
+        ambiguous = re.match(r"Ambiguous value for argument '([^'=]+)=([^']*)'", str(err))
+        if ambiguous:  # Hydra's advice spans three lines: keep it, in one
+            key, value = ambiguous.groups()
+            return (
+                f"{key}={value}: a comma makes a sweep; write a list as {key}=[{value}], a text with commas "
+                f"as {key}='{value}', or add -m to run one job per value"
+            ), 2
         cause = err.__cause__
         return first_line(str(cause) if cause else str(err)), 2
     if isinstance(err, InstantiationException):
