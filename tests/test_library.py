@@ -68,6 +68,8 @@ def test_a_bad_override_raises_dlruns_error_with_the_commands_line(overrides, li
     assert str(raised.value).startswith(line)
     assert "\n" not in str(raised.value)
     assert raised.value.exit_code == 2
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not list(runs.iterdir()), "a run that never started leaves no directory"
 
 
 def test_config_dir_adds_a_users_own_option(tmp_path):

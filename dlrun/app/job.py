@@ -8,6 +8,7 @@ that the others go on; the summary then reports it and the sweep exits non-zero.
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -69,6 +70,16 @@ def record_failure(job_dir: Path, reason: str) -> None:
     metrics = read_json(job_dir / "metrics.json")
     metrics.update(status="failed", error=reason)
     write_json(job_dir / "metrics.json", metrics)
+
+
+def remove_if_never_started(run_dir: Path) -> None:
+    """A single run that failed before writing a file of its own (a bad config value, a missing dataset)
+    leaves no directory behind: Hydra's `.hydra/` and an empty log would only pile up as `not started`."""
+    here = Path.cwd().resolve()
+    if run_dir.resolve() in (here, *here.parents):  # hydra.run.dir=. : never the folder the user works in
+        return
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def clear_attempt(job_dir: Path) -> None:

@@ -72,6 +72,7 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool):
             # A single run's error is re-raised outside Hydra, which would otherwise print its own
             # "Error executing job" line first.
             failures.append(err)
+            job.remove_if_never_started(ctx.run_dir)
 
     return train
 
