@@ -5,6 +5,7 @@ HydraConfig once and handed to the engine as a RunContext. In a sweep a finished
 (its objective is read back from metrics.json), and a failing job is recorded and returns NaN, so
 that the others go on; the summary then reports it and the sweep exits non-zero."""
 
+import contextlib
 import logging
 import math
 import os
@@ -18,6 +19,8 @@ from dlrun.app.explain import describe
 from dlrun.app.launch import run_on_devices
 from dlrun.core.errors import DlrunError
 from dlrun.core.io import read_json, write_json
+from dlrun.core.lock import LOCK_NAME, DirLock
+from dlrun.core.ranks import started_as_rank, world_size
 from dlrun.engine.run import RunContext
 from dlrun.observe.console import Console
 from dlrun.results.summary import FINISHED
@@ -72,13 +75,21 @@ def record_failure(job_dir: Path, reason: str) -> None:
     write_json(job_dir / "metrics.json", metrics)
 
 
+def run_dir_lock(run_dir: Path, locked: set[Path]):
+    """The lock of a run directory Hydra chose (a timestamped one); a no-op where this process, or the
+    launcher of this rank, holds it already."""
+    if run_dir.resolve() in locked or (started_as_rank() and world_size() > 1):
+        return contextlib.nullcontext()
+    return DirLock(run_dir, "run", "hydra.run.dir").acquire()
+
+
 def remove_if_never_started(run_dir: Path) -> None:
     """A single run that failed before writing a file of its own (a bad config value, a missing dataset)
     leaves no directory behind: Hydra's `.hydra/` and an empty log would only pile up as `not started`."""
     here = Path.cwd().resolve()
     if run_dir.resolve() in (here, *here.parents):  # hydra.run.dir=. : never the folder the user works in
         return
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", LOCK_NAME}:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

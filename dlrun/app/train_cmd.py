@@ -5,6 +5,7 @@ engine when a job actually runs."""
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ import hydra
 
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.io import read_json, read_yaml
-from dlrun.core.text import override_key, quote_override
+from dlrun.core.lock import LOCK_NAME, DirLock, DirLocked
+from dlrun.core.ranks import started_as_rank, world_size
+from dlrun.core.text import override_key, quote_override, unquote_override
 
 # Flags with which Hydra shows something (help, the config, completion) and runs no job.
 SHOW_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version")
@@ -40,12 +43,15 @@ def run_train_app(args: list[str], verbose: bool = False) -> Launched:
             raise DlrunError("resume=: continues one run; to continue a sweep, run the same sweep command again")
         args = resume_args(args, Path.cwd())  # the run's own overrides, into its own directory
     launched, failures = Launched(), []
-    with tempfile.TemporaryDirectory(prefix="dlrun-") as tmp:
+    shows = any(a.split("=", 1)[0] in SHOW_FLAGS for a in args)
+    with tempfile.TemporaryDirectory(prefix="dlrun-") as tmp, contextlib.ExitStack() as locks:
         report = Path(tmp) / "sweep.json"
-        if not any(a.split("=", 1)[0] in SHOW_FLAGS for a in args):
+        if not shows:
             args = [*args, f"hydra.callbacks.sweep_summary.report={quote_override(str(report))}"]
+            held = [locks.enter_context(lock) for lock in named_dirs(args)]  # before Hydra writes into them
+            locks.callback(_remove_unused, held)
         with _argv(args), _env(HYDRA_FULL_ERROR="1"):  # Hydra re-raises errors instead of exiting
-            _hydra_app(launched, failures, verbose)()
+            _hydra_app(launched, failures, verbose, {lock.folder.resolve() for lock in held} if not shows else set())()
         if failures:
             raise failures[0]
         outcome = read_json(report)
@@ -54,27 +60,61 @@ def run_train_app(args: list[str], verbose: bool = False) -> Launched:
     return launched
 
 
-def _hydra_app(launched: Launched, failures: list, verbose: bool):
-    """The Hydra app around the task; the task records what it ran in `launched` and `failures`."""
+def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Path]):
+    """The Hydra app around the task; the task records what it ran in `launched` and `failures`.
+    `locked`: the directories this process holds the lock of already."""
 
     @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
     def train(cfg):
         from dlrun.app import job  # the boundary: torch and the engine load only when a job runs
 
         ctx = job.context()
-        if not ctx.is_sweep:
-            launched.run_dirs.append(ctx.run_dir)
-        try:
+        if ctx.is_sweep:
             return job.run_job(cfg, ctx, verbose)
+        launched.run_dirs.append(ctx.run_dir)
+        try:
+            lock = job.run_dir_lock(ctx.run_dir, locked)
+        except DirLocked as err:  # another process's run: leave its directory alone
+            failures.append(err)
+            return None
+        try:
+            with lock:
+                return job.run_job(cfg, ctx, verbose)
         except Exception as err:
-            if ctx.is_sweep:
-                raise
             # A single run's error is re-raised outside Hydra, which would otherwise print its own
             # "Error executing job" line first.
             failures.append(err)
             job.remove_if_never_started(ctx.run_dir)
 
     return train
+
+
+def named_dirs(args: list[str]) -> list[DirLock]:
+    """Locks for the run or sweep directory the command line names (hydra.run.dir=, hydra.sweep.dir=, or
+    resume='s), so that a second command into the same directory stops before anything is written there.
+    Ranks of a multi-process run write under the lock their launcher holds."""
+    if started_as_rank() and world_size() > 1:
+        return []
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    chosen = {}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        key = override_key(key)
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            chosen[key] = unquote_override(value)
+    locks = []
+    if "hydra.run.dir" in chosen and not multirun:
+        locks.append(DirLock(Path(chosen["hydra.run.dir"]), "run", "hydra.run.dir"))
+    if "hydra.sweep.dir" in chosen:
+        locks.append(DirLock(Path(chosen["hydra.sweep.dir"]), "sweep", "hydra.sweep.dir"))
+    return locks
+
+
+def _remove_unused(locks: list[DirLock]) -> None:
+    """A folder made only to hold the lock (the command failed, or ran in another mode) does not stay."""
+    for lock in locks:
+        if lock.folder.is_dir() and [p.name for p in lock.folder.iterdir()] == [LOCK_NAME]:
+            shutil.rmtree(lock.folder, ignore_errors=True)
 
 
 def check_sweep(outcome: dict, launched: Launched) -> None:

@@ -41,6 +41,13 @@ def quote_override(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def unquote_override(value: str) -> str:
+    """The text of an override value that quote_override (or the user) quoted."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1].replace("\\" + value[0], value[0]).replace("\\\\", "\\")
+    return value
+
+
 def override_key(override: str) -> str:
     """`+model.x=1` -> `model.x`."""
     return override.lstrip("+~").split("=", 1)[0]
