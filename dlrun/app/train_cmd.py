@@ -38,20 +38,25 @@ class Launched:
 
 def run_train_app(args: list[str], verbose: bool = False) -> Launched:
     """Compose the config from `args` (as `dlrun train ARGS` takes them) and run it, in this process."""
-    if any(a.startswith("resume=") and a != "resume=null" for a in args):
-        if any(a in ("-m", "--multirun") for a in args):
-            raise DlrunError("resume=: continues one run; to continue a sweep, run the same sweep command again")
-        args = resume_args(args, Path.cwd())  # the run's own overrides, into its own directory
-    launched, failures = Launched(), []
-    shows = any(a.split("=", 1)[0] in SHOW_FLAGS for a in args)
+    resuming = any(a.startswith("resume=") and a != "resume=null" for a in args)
+    if resuming and any(a in ("-m", "--multirun") for a in args):
+        raise DlrunError("resume=: continues one run; to continue a sweep, run the same sweep command again")
+    launched, failures, held = Launched(), [], []
     with tempfile.TemporaryDirectory(prefix="dlrun-") as tmp, contextlib.ExitStack() as locks:
         report = Path(tmp) / "sweep.json"
-        if not shows:
+        if resuming:  # the run's own overrides, into its own directory, which this process locks first
+            run_dir = find_run(next(a.split("=", 1)[1] for a in args if a.startswith("resume=")), Path.cwd())
+            if not (started_as_rank() and world_size() > 1):
+                held.append(locks.enter_context(DirLock(run_dir, "run", "hydra.run.dir")))
+            args = resume_args(args, run_dir)
+        if not any(a.split("=", 1)[0] in SHOW_FLAGS for a in args):  # a command that runs jobs
             args = [*args, f"hydra.callbacks.sweep_summary.report={quote_override(str(report))}"]
-            held = [locks.enter_context(lock) for lock in named_dirs(args)]  # before Hydra writes into them
+            # The directories the command names, locked before Hydra writes into them.
+            mine = {lock.folder.resolve() for lock in held}
+            held += [locks.enter_context(lock) for lock in named_dirs(args) if lock.folder.resolve() not in mine]
             locks.callback(_remove_unused, held)
         with _argv(args), _env(HYDRA_FULL_ERROR="1"):  # Hydra re-raises errors instead of exiting
-            _hydra_app(launched, failures, verbose, {lock.folder.resolve() for lock in held} if not shows else set())()
+            _hydra_app(launched, failures, verbose, {lock.folder.resolve() for lock in held})()
         if failures:
             raise failures[0]
         outcome = read_json(report)
@@ -176,12 +181,10 @@ def find_run(spec: str, cwd: Path) -> Path:
     return path.resolve()
 
 
-def resume_args(args: list[str], cwd: Path) -> list[str]:
+def resume_args(args: list[str], run_dir: Path) -> list[str]:
     """`dlrun train resume=X [KEY=VALUE...]` -> the run's own overrides, then the new ones, into its directory."""
     from dlrun.engine.checkpoint import load  # torch, only when resuming
 
-    spec = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
-    run_dir = find_run(spec, cwd)
     # last.pt's copy of the overrides: written atomically, unlike Hydra's .hydra/overrides.yaml
     saved = load(run_dir / "last.pt").get("overrides")
     if saved is None:

@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from dlrun.core.errors import DlrunError
+from dlrun.core.errors import ConfigError, DlrunError
 
 LOCK_NAME = ".dlrun.lock"
 
@@ -32,9 +32,13 @@ class DirLock:
     def acquire(self) -> "DirLock":
         if self.fd is not None:  # held already
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ConfigError(
+                self.key, self.folder, f"must be a writable folder ({err.strerror}); choose another with {self.key}=PATH"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
