@@ -14,17 +14,27 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict, read_write
 
 from dlrun.core.errors import DlrunError
-from dlrun.core.io import write_json
+from dlrun.core.io import read_json, write_json
 from dlrun.core.ranks import is_main, rank, started_as_rank, world_size
 from dlrun.core.text import first_line
-from dlrun.results.summary import summarize
+from dlrun.results.summary import SummaryChoice, summarize
 
 log = logging.getLogger(__name__)
 
 
-def job_dir_name(override_dirname: str, num) -> str:
-    """The job's directory within the sweep: its overrides, or `job<N>` when it has none
-    (otherwise the job would write into the sweep directory itself)."""
+# Written into the sweep directory when a sweep starts, read by every job (in joblib or submitit
+# workers too, which see the same directory): the keys the sweep varies, which name the job directories.
+SWEEP_RECORD = ".dlrun-sweep.json"
+
+
+def job_dir_name(override_dirname: str, num, sweep_dir=None, overrides=None) -> str:
+    """The job's directory within the sweep: the overrides its sweep varies (`optimizer.momentum=0.4`, not the
+    `trainer.epochs=15` every job shares), or `job<N>` when it has none (otherwise the job would write into the
+    sweep directory itself). Without the sweep's record, all of Hydra's override_dirname."""
+    swept = read_json(Path(sweep_dir) / SWEEP_RECORD).get("swept") if sweep_dir else None
+    if isinstance(swept, list) and overrides is not None:
+        # sorted, as Hydra sorts override_dirname, so a job keeps its name whatever the order on the command line
+        override_dirname = ",".join(sorted(str(o) for o in overrides if _key(str(o)) in swept))
     return override_dirname or f"job{num}"
 
 
@@ -32,25 +42,73 @@ if not OmegaConf.has_resolver("dlrun.job_dir"):
     OmegaConf.register_new_resolver("dlrun.job_dir", job_dir_name)
 
 
+def _key(override: str) -> str:
+    """`+model.x@pkg=1` -> `model.x`, the key Hydra's parser gives as key_or_group."""
+    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+
+
+def sweep_keys(overrides: list[str], params: dict | None) -> tuple[list[str], list[str]] | None:
+    """(the keys the sweep varies, the overrides every job shares) from the sweep's command-line overrides and
+    the sweeper's params (where experiments put their sweeps); a later override of a key wins, as in Hydra's
+    basic and Optuna sweepers. Sweep syntax: `a=1,2`, range(), choice(), interval(), glob(). None when an
+    override cannot be parsed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + [str(o) for o in overrides]
+    try:
+        parsed = OverridesParser.create().parse_overrides(lines)
+    except Exception:  # noqa: BLE001 - the job names fall back to every override
+        return None
+    final = {o.key_or_group: o for o in parsed}
+    swept = [key for key, o in final.items() if o.is_sweep_override()]
+    shared = sorted(o.input_line for key, o in final.items() if not o.is_sweep_override())
+    return swept, shared
+
+
+def record_sweep(sweep_dir: Path, overrides: list[str], params: dict | None, exclude: list[str]) -> None:
+    """Writes the sweep's record, which names its jobs by their swept values. A sweep run again into its directory
+    with other shared overrides (trainer.epochs=5, then 30) is named by every override instead: a job finished
+    with the first settings must not pass for one of the second (a finished job is found by its directory)."""
+    path = sweep_dir / SWEEP_RECORD
+    previous = read_json(path)
+    found = sweep_keys(overrides, params)
+    if found is None:
+        write_json(path, {**previous, "swept": None})
+        return
+    swept, shared = found
+    shared = [line for line in shared if _key(line) not in exclude]  # excluded keys never named a job
+    if "shared" in previous and previous["shared"] != shared:
+        swept, shared = None, previous["shared"]
+    write_json(path, {"swept": swept, "shared": shared})
+
+
 class SweepSummary(Callback):
     """The summary at the end of every sweep, whatever the launcher or sweeper.
 
     `report`: a file where the command that started the sweep reads how it went (the sweep directory,
     or the error that kept the summary from being written): Hydra turns a callback's exception into a
-    warning, and the command must still exit non-zero."""
+    warning, and the command must still exit non-zero.
+    `rank_by`, `mode`, `columns`: what the table ranks by and shows (see dlrun.results.summary.parse_column);
+    an experiment sets them for the number its lesson is about."""
 
-    def __init__(self, report: str | None = None):
+    def __init__(self, report: str | None = None, rank_by: str | None = None, mode: str | None = None, columns=None):
         self.report = report
+        self.choice = SummaryChoice(rank_by, mode, list(columns) if columns else None)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         # Optuna's SQLite study lives in the sweep directory and is opened before any job runs.
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=None) or []
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        params = OmegaConf.to_container(params, resolve=False) if params is not None else None
+        record_sweep(sweep_dir, list(config.hydra.overrides.task), params, list(exclude))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         outcome = {"sweep_dir": str(sweep_dir), "error": None}
         try:
-            summarize([sweep_dir], sweep_dir, what="jobs")
+            summarize([sweep_dir], sweep_dir, what="jobs", choice=self.choice)
         except Exception as err:  # noqa: BLE001 - reported through the report file, then raised by the command
             log.error("sweep summary failed", exc_info=err)
             outcome["error"] = str(err) if isinstance(err, DlrunError) else f"{type(err).__name__}: {first_line(str(err))}"

@@ -24,17 +24,19 @@ from dlrun.engine.precision import Precision, resolve_device
 from dlrun.engine.steps import evaluate, to_floats
 from dlrun.observe import figures
 from dlrun.observe.console import Console
-from dlrun.observe.metrics import classification_metrics, confusion_matrix
+from dlrun.observe.metrics import classification_metrics, scores_at
 from dlrun.observe.tables import classification_report, write_confusion_csv
 
 USAGE = """Usage: dlrun eval PATH [split=test|val] [dataset=NAME] [dataset.KEY=VALUE ...] [device=auto|cpu|cuda|mps]
-                  [batch_size=N] [--trust-config]
+                  [batch_size=N] [threshold=T] [--trust-config]
 
 Evaluate a run's best.pt (or the checkpoint PATH names) again and write metrics.json,
 classification_report.csv, confusion_matrix.csv and confusion_matrix.png into
 <run dir>/eval/<dataset>-<split>-<checkpoint>/.
 
   split=test        the dataset's test split (default), or split=val: the run's own validation split
+  threshold=T       two classes: also score the positive class with `probability >= T` as positive
+                    (beside 0.5); the run's metrics.json holds the threshold of best val F1
   dataset=NAME      another dataset with the same input shape and number of classes (e.g. fashion_mnist
                     for a model trained on mnist); dataset.root=DIR and other dataset.* keys also apply
   --trust-config    build the model even when its saved config names classes outside dlrun, torch,
@@ -43,7 +45,8 @@ classification_report.csv, confusion_matrix.csv and confusion_matrix.png into
 Examples:
   dlrun eval outputs/runs/2024-05-01_12-00-00_cnn_mnist
   dlrun eval outputs/runs/2024-05-01_12-00-00_cnn_mnist/last.pt split=val
-  dlrun eval outputs/runs/2024-05-01_12-00-00_cnn_mnist dataset=fashion_mnist"""
+  dlrun eval outputs/runs/2024-05-01_12-00-00_cnn_mnist dataset=fashion_mnist
+  dlrun eval outputs/runs/2024-05-01_12-00-00_mlp_moons threshold=0.35"""
 
 ALLOWED_PACKAGES = ("dlrun", "torch", "torchvision", "torchmetrics")
 # Inside the allowed packages, but they load or compile code: refused all the same without --trust-config.
@@ -59,7 +62,7 @@ REFUSED_TARGETS = (
     "torch.export.load",
     "torch.compile",
 )
-OPTIONS = ("split", "dataset", "device", "batch_size")
+OPTIONS = ("split", "dataset", "device", "batch_size", "threshold")
 
 
 def main(args: list[str]) -> None:
@@ -94,7 +97,10 @@ def parse_options(args: list[str]) -> tuple[dict, list[str]]:
     size = options.get("batch_size", 1)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError("batch_size", size, "must be an integer >= 1")
-    options.update({k: str(v) for k, v in options.items() if k != "batch_size"})
+    threshold = options.get("threshold", 0.5)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+        raise ConfigError("threshold", threshold, "must be a number in [0, 1]")
+    options.update({k: str(v) for k, v in options.items() if k not in ("batch_size", "threshold")})
     return options, dataset_overrides
 
 
@@ -166,6 +172,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     dataset_overrides: list[str] = (),
     trust: bool = False,
+    threshold: float | None = None,
 ) -> dict:
     ckpt_path, run_dir = find_checkpoint(path)
     state = checkpoint.load(ckpt_path)  # weights_only=True: a tampered file is refused before anything runs
@@ -181,15 +188,12 @@ def evaluate_checkpoint(
         model.to(memory_format=torch.channels_last)
     cfg.trainer.batch_size = cfg.trainer.eval_batch_size
     cfg.trainer.limit_batches, cfg.trainer.overfit_batches = None, 0  # the whole split, whatever the run used
+    if threshold is not None and len(classes) != 2:
+        raise ConfigError("threshold", threshold, f"applies to two-class tasks; this model has {len(classes)} classes")
     _, val_loader, test_loader = make_loaders(data, cfg, dev)
-    stats, cm = evaluate(
-        model,
-        val_loader if split == "val" else test_loader,
-        nn.CrossEntropyLoss(),
-        classification_metrics(len(classes)).to(dev),
-        confusion_matrix(len(classes)).to(dev),
-        amp,
-    )
+    metrics = classification_metrics(len(classes)).to(dev)
+    stats = evaluate(model, val_loader if split == "val" else test_loader, nn.CrossEntropyLoss(), metrics, amp)
+    cm = metrics.confusion
     result = {
         "checkpoint": str(ckpt_path),
         "epoch": state["epoch"],
@@ -200,14 +204,31 @@ def evaluate_checkpoint(
         "precision": amp.name,
         split: to_floats(stats),
     }
+    if len(classes) == 2:
+        result["threshold"] = at_thresholds(metrics.scores, threshold)
     out = run_dir / "eval" / f"{cfg.dataset.name}-{split}-{ckpt_path.stem}"
     write_eval(out, result, cm, classes, f"{cfg.dataset.name} {split}")
     console = Console()
     console.summary(
         f"{ckpt_path} (epoch {state['epoch']}) on {cfg.dataset.name} {split}, {result['samples']} samples", {split: result[split]}
     )
+    for name, scores in result.get("threshold", {}).items():
+        console.print(
+            f"{classes[1]} at threshold {scores['threshold']:g} ({name}): precision {scores['precision']:.4f} "
+            f"recall {scores['recall']:.4f} f1 {scores['f1']:.4f}"
+        )
     console.print(f"eval saved in {out}")
     return result
+
+
+def at_thresholds(scores: tuple, threshold: float | None) -> dict:
+    """The positive class's scores at 0.5 and, when asked, at the user's threshold."""
+    probs, targets = scores
+    positive, chance = probs[:, 1], targets == 1
+    out = {"default": scores_at(positive, chance, 0.5)}
+    if threshold is not None:
+        out["chosen"] = scores_at(positive, chance, float(threshold))
+    return out
 
 
 def eval_data(cfg, state: dict, ckpt_path: Path, dataset, dataset_overrides, batch_size):

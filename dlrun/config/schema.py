@@ -10,7 +10,24 @@ from pathlib import Path
 from dlrun.core.text import did_you_mean
 
 # The metrics of every split, as history.csv, metrics.json and TensorBoard name them (split/metric).
-METRIC_NAMES = ("loss", "accuracy", "precision", "recall", "f1")
+# precision, recall and f1 alone are macro averages (each class counts the same), as in runs made before
+# the micro (pooled counts) and weighted (classes by support) averages; auroc and average_precision are
+# one class against the rest, macro-averaged, or the positive class's for two classes.
+METRIC_NAMES = (
+    "loss",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "precision_micro",
+    "recall_micro",
+    "f1_micro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "auroc",
+    "average_precision",
+)
 MONITORS = [f"val/{m}" for m in METRIC_NAMES]
 TRAIN_OR_VAL = [f"{split}/{m}" for split in ("train", "val") for m in METRIC_NAMES]
 # trainer.precision: fp32, bf16 autocast, fp16 autocast with loss scaling, or the fastest the hardware runs natively.
@@ -169,6 +186,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.overfit_batches": integer(0),
     # logging
     "logging.confusion_matrix_every": integer(0),
+    "logging.pr_curves": integer(0),
     "logging.hparams": boolean,
     "logging.grad_norm": boolean,
     "logging.histograms_every": integer(0),

@@ -20,15 +20,20 @@ from dlrun.engine import checkpoint, ddp, faults
 from dlrun.engine.build import Built, build, check
 from dlrun.engine.optim import EarlyStopping, Regime, Schedule
 from dlrun.engine.precision import Precision, resolve_device, seed_everything
+from dlrun.engine.readings import test_readings
 from dlrun.engine.state import LoopState, StepLog
 from dlrun.engine.steps import evaluate, to_floats, train_one_epoch
 from dlrun.model import count_parameters
 from dlrun.model.initializers import describe as describe_init
 from dlrun.observe.console import Console
-from dlrun.observe.metrics import classification_metrics, confusion_matrix
+from dlrun.observe.diagnosis import describe, diagnose
+from dlrun.observe.metrics import classification_metrics
 from dlrun.observe.tracker import Tracker
 
 log = logging.getLogger(__name__)
+
+# The scores of the final summary table; metrics.json and history.csv hold every average.
+SUMMARY_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "f1_weighted", "auroc", "average_precision")
 
 
 @dataclass
@@ -55,7 +60,6 @@ class Parts:
     stopper: EarlyStopping
     train_metrics: torch.nn.Module
     eval_metrics: torch.nn.Module
-    confusion: torch.nn.Module
 
     @property
     def generators(self) -> list[torch.Generator]:
@@ -110,7 +114,6 @@ def build_parts(cfg, device: torch.device) -> Parts:
         stopper=EarlyStopping(trainer.early_stopping),
         train_metrics=classification_metrics(data.num_classes).to(device),
         eval_metrics=classification_metrics(data.num_classes).to(device),
-        confusion=confusion_matrix(data.num_classes).to(device),
     )
 
 
@@ -175,6 +178,8 @@ class Outcome:
     best: dict | None = None  # the best epoch's val metrics
     test: dict | None = None
     diverged: faults.Diverged | None = None
+    readings: dict = field(default_factory=dict)  # the worst confusions and the threshold, for the summary
+    diagnosis: dict = field(default_factory=dict)  # the verdict on the learning curves
 
 
 def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console: Console, ctx: RunContext) -> Outcome:
@@ -187,11 +192,14 @@ def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console:
         with console.training(cfg.trainer.epochs), signals or contextlib.nullcontext():
             fit(cfg, parts, state, steps, tracker, console, ctx)
         outcome = test(parts, state, tracker, ctx.run_dir)
+        diagnose_run(cfg, tracker, state, outcome)
         status = "completed"
     except faults.Diverged as err:
         status = "diverged"
         tracker.save_metrics(diverged={**err.details, "last_epoch": tracker.history[-1] if tracker.history else None})
         outcome = Outcome("diverged", diverged=err)
+        outcome.diagnosis = diagnose(tracker.history, cfg.trainer.monitor, cfg.trainer.mode, diverged=err.details)
+        diagnose_run(cfg, tracker, state, outcome)
     except faults.Interrupted as err:
         status = "interrupted"
         with contextlib.suppress(Exception):
@@ -208,6 +216,13 @@ def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console:
     finally:
         close_tracker(tracker, status)
     return outcome
+
+
+def diagnose_run(cfg, tracker: Tracker, state: LoopState, outcome: "Outcome") -> None:
+    """The verdict on the curves, read from the run's own history as the metrics chapter reads them."""
+    if not outcome.diagnosis:
+        outcome.diagnosis = diagnose(tracker.history, cfg.trainer.monitor, cfg.trainer.mode)
+    tracker.log_diagnosis(outcome.diagnosis, state.best_epoch or state.epoch)
 
 
 def close_tracker(tracker: Tracker, status: str) -> None:
@@ -236,9 +251,7 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
             parts.amp,
         )
         steps.flush()
-        val_stats, val_cm = evaluate(
-            parts.built.model, val_loader, parts.built.eval_loss, parts.eval_metrics, parts.confusion, parts.amp
-        )
+        val_stats = evaluate(parts.built.model, val_loader, parts.built.eval_loss, parts.eval_metrics, parts.amp)
         row = epoch_row(epoch, train_stats, val_stats, parts.built.optimizer, start)
         if not math.isfinite(row["val/loss"]):
             raise faults.Diverged(state.step, epoch, row["val/loss"], state.last_finite, what="val loss")
@@ -252,7 +265,7 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
         # a resume re-logs from it whatever of the epoch a crash kept from reaching the files below.
         tracker.writer.flush()
         save_last(cfg, parts, state, tracker, ctx, epoch=epoch, history=[*tracker.history, row], stop=stop)
-        log_epoch(tracker, parts, state, row, val_cm, trainer.monitor)
+        log_epoch(tracker, parts, state, row, improved, trainer.monitor)
         console.epoch_row(row, trainer.epochs, improved)
         if steps.signals is not None:
             steps.signals.check(state.step, epoch)
@@ -275,8 +288,8 @@ def epoch_row(epoch: int, train_stats: dict, val_stats: dict, optimizer, start: 
     return row
 
 
-def log_epoch(tracker: Tracker, parts: Parts, state: LoopState, row: dict, val_cm, monitor: str) -> None:
-    tracker.log_epoch(row, val_cm)
+def log_epoch(tracker: Tracker, parts: Parts, state: LoopState, row: dict, improved: bool, monitor: str) -> None:
+    tracker.log_epoch(row, parts.eval_metrics.confusion, improved, parts.eval_metrics.scores)
     tracker.log_model(parts.built.model, row["epoch"])
     tracker.save_metrics(
         epochs_completed=row["epoch"],
@@ -312,27 +325,34 @@ def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Out
     if is_main():  # rank 0 reads best.pt, the other ranks get its weights from it
         model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     ddp.broadcast_from_main(model)
-    test_stats, test_cm = evaluate(model, parts.loaders[2], parts.built.eval_loss, parts.eval_metrics, parts.confusion, parts.amp)
-    test_metrics = to_floats(test_stats)
-    tracker.log_test(test_metrics, test_cm, state.best_epoch)
+    loss_fn, amp = parts.built.eval_loss, parts.amp
+    test_metrics = to_floats(evaluate(model, parts.loaders[2], loss_fn, parts.eval_metrics, amp))
+    readings = test_readings(parts.eval_metrics, parts.data.classes, model, parts.loaders[1], loss_fn, amp, parts.device)
+    tracker.log_test(test_metrics, parts.eval_metrics.confusion, state.best_epoch, readings)
     tracker.log_misclassified(model, parts.loaders[2], state.best_epoch)
     best_row = tracker.history[state.best_epoch - 1]
     best = {"epoch": state.best_epoch, **{k: v for k, v in best_row.items() if k.startswith("val/")}}
     tracker.save_metrics(best=best)
-    return Outcome("completed", best=best, test=test_metrics)
+    return Outcome("completed", best=best, test=test_metrics, readings=readings)
 
 
 def report(cfg, outcome: Outcome, state: LoopState, console: Console, ctx: RunContext) -> float:
     """The run's last lines; a diverged single run raises, a diverged sweep job returns so the sweep goes on."""
     if outcome.diverged is not None:
+        if outcome.diagnosis.get("suggestion"):
+            console.print(f"try: {outcome.diagnosis['suggestion']}")
         console.print(f"run saved in {ctx.run_dir} (diverged at step {outcome.diverged.details['step']})")
         if ctx.is_sweep:
             return state.best_value if state.best_epoch else math.nan  # the sweep's summary shows the status
         raise outcome.diverged
+    shown = [m for m in SUMMARY_METRICS if m in outcome.test]
     console.summary(
         f"best epoch {state.best_epoch} by {cfg.trainer.monitor}",
-        {"val": {k[4:]: v for k, v in outcome.best.items() if k.startswith("val/")}, "test": outcome.test},
+        {"val": {m: outcome.best[f"val/{m}"] for m in shown}, "test": {m: outcome.test[m] for m in shown}},
     )
+    console.readings(outcome.readings.get("most_confused", [])[:5], outcome.readings.get("threshold"))
+    if outcome.diagnosis.get("verdict"):
+        console.print(describe(outcome.diagnosis))
     console.print(f"run saved in {ctx.run_dir}")
     console.print(f"open it with: tensorboard --logdir {ctx.run_dir}")
     return state.best_value

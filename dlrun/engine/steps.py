@@ -29,19 +29,15 @@ def train_one_epoch(model, loader, loss_fn, optimizer, regime, metrics, on_step,
 
 
 @torch.no_grad()
-def evaluate(model, loader, loss_fn, metrics, confusion=None, amp=None):
+def evaluate(model, loader, loss_fn, metrics, amp=None):
+    """The split's metrics; `metrics` then holds its confusion matrix and class probabilities too."""
     model.eval()
     metrics.reset()
-    if confusion is not None:
-        confusion.reset()
     for x, y in loader:
         with amp.autocast() if amp else contextlib.nullcontext():
             logits = model(x).float()  # loss and metrics in fp32, whatever the autocast
         metrics.update(logits, y, loss_fn(logits, y))
-        if confusion is not None:
-            confusion.update(logits, y)
-    cm = confusion.compute().cpu().numpy() if confusion is not None else None
-    return metrics.compute(), cm
+    return metrics.compute()
 
 
 def to_floats(stats: dict) -> dict:

@@ -76,6 +76,20 @@ class Console:
         else:
             print(line + ("  * best" if improved else ""), flush=True)
 
+    def readings(self, confused: list[dict], threshold: dict | None) -> None:
+        """The worst confusions of the test matrix and, for two classes, the threshold of best val F1."""
+        if confused:
+            self.print("most confused on test (true -> predicted: count, share of the true class):")
+            for c in confused:
+                self.print(f"  {c['true']} -> {c['predicted']}: {c['count']} ({c['share']:.1%})")
+        if threshold:
+            best, default = threshold["at_best"], threshold["at_0.5"]
+            self.print(
+                f"threshold for {threshold['positive_class']}: best val F1 at {threshold['best_f1']:.4g} -> test "
+                f"precision {best['precision']:.4f} recall {best['recall']:.4f} f1 {best['f1']:.4f} "
+                f"(at 0.5: {default['precision']:.4f} / {default['recall']:.4f} / {default['f1']:.4f})"
+            )
+
     def summary(self, title: str, rows: dict[str, dict]) -> None:
         """A table of splits (rows) by metrics (columns)."""
         metrics = list(next(iter(rows.values())))

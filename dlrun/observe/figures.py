@@ -4,40 +4,131 @@ matplotlib through its object API, drawn by the Agg canvas: no pyplot state and 
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.image import imsave
 
 from dlrun.core.io import atomic_write
 
+# Every figure is laid out in pixels at this dpi, so its rendered size is chosen, not inherited from rcParams.
+DPI = 100
+# Beyond this many classes a cell is too small for its number: the matrix becomes a plain heatmap.
+ANNOTATE_MAX = 20
+# Curve figures with more classes than this label only the lowest and highest few.
+LEGEND_MAX = 10
+# Measures text as the Agg canvas will draw it, before any figure exists to size.
+_RULER = RendererAgg(1, 1, DPI)
 
-def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normalized_too: bool = True):
-    """A heatmap of counts and, beside it, the row-normalised view (recall per class on the diagonal)."""
+
+def _text_px(text: str, size: float) -> tuple[float, float]:
+    """Width and height in pixels of one line of `text` at `size` points, as the Agg canvas draws it."""
+    width, height, _ = _RULER.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return width, height
+
+
+def _confusion_layout(cm: np.ndarray, classes: list[str], panels: list) -> dict:
+    """Cell size, fonts, tick spacing and margins in pixels: each panel is a square matrix with its labels around it."""
+    n = len(classes)
+    annotate = n <= ANNOTATE_MAX
+    tick_pt = 8.0 if annotate else 7.0
+    name_w = max((_text_px(name, tick_pt)[0] for name in classes), default=0.0)
+    line_h = _text_px("Ag", tick_pt)[1]
+    number_pt, cell = 8.5, max(5, min(12, 720 // max(n, 1)))
+    if annotate:
+        widest = max(
+            _text_px(_cell_text(values, fmt, cm, i, j), 8.5)[0] for _, values, fmt in panels for i, j in np.ndindex(cm.shape)
+        )
+        cell = max(30 if n <= 12 else 26, int(widest) + 8)
+        number_pt = min(8.5, 8.5 * (cell - 6) / max(widest, 1.0))
+    # Labels drawn upright, sideways or at 45 degrees, whichever keeps neighbours apart.
+    rotation = 0 if name_w <= cell - 4 else (45 if annotate else 90)
+    step = max(1, int(np.ceil(1.3 * line_h / cell))) if rotation != 0 else max(1, int(np.ceil((name_w + 4) / cell)))
+    drop = {0: line_h, 45: 0.72 * (name_w + line_h), 90: name_w}[rotation]
+    return dict(
+        annotate=annotate,
+        tick_pt=tick_pt,
+        number_pt=number_pt,
+        rotation=rotation,
+        step=step,
+        side=n * cell,
+        left=name_w + 2.2 * line_h + 12,
+        bottom=drop + 2.2 * line_h + 14,
+        top=2.4 * line_h + 10,
+        colorbar=0 if annotate else 70,
+    )
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(k if k < 20 else k % 10, 'th') }"
+
+
+def _cell_text(values: np.ndarray, fmt: str, cm: np.ndarray, i: int, j: int) -> str:
+    return format(int(cm[i, j]), "d") if fmt == "d" else format(values[i, j], fmt)
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normalized_too: bool = True) -> Figure:
+    """A heatmap of counts and, beside it, the row-normalised view (recall per class on the diagonal).
+
+    Sized in pixels: for 10 classes one panel is about 430 px square, which a 350 px TensorBoard card shows
+    with its numbers still legible; beyond ANNOTATE_MAX classes it is a heatmap with a colour bar and thinned labels."""
+    cm = np.asarray(cm)
     panels = [("counts", cm.astype(float), "d")]
     if normalized_too:
         rows = cm.sum(axis=1, keepdims=True)
         panels.append(("row-normalised", np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0), ".2f"))
-    size = 2.2 + 0.45 * len(classes)
-    fig = Figure(figsize=(size * len(panels), size))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    annotate = len(classes) <= 20
-    for ax, (name, values, fmt) in zip(axes[0], panels):
-        ax.imshow(values, cmap="Blues")
-        ticks = np.arange(len(classes))
-        ax.set_xticks(ticks, classes, rotation=45 if max(map(len, classes)) > 2 else 0, ha="right")
-        ax.set_yticks(ticks, classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title} {name}".strip())
-        if annotate:
-            high = values.max() / 2 if values.size else 0
-            for i in range(len(classes)):
-                for j in range(len(classes)):
-                    text = format(int(cm[i, j]) if fmt == "d" else values[i, j], fmt)
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if values[i, j] > high else "black")
-    fig.tight_layout()
+    layout = _confusion_layout(cm, classes, panels)
+    side, bottom = layout["side"], layout["bottom"]
+    # The panels share their rows, so only the first one repeats the class names down its side.
+    lefts = [layout["left"]] + [layout["colorbar"] + 28] * (len(panels) - 1)
+    width = int(np.ceil(sum(lefts) + len(panels) * side + layout["colorbar"] + 16))
+    fig = Figure(figsize=(width / DPI, int(np.ceil(layout["top"] + side + bottom)) / DPI), dpi=DPI)
+    x = 0.0
+    for k, (name, values, fmt) in enumerate(panels):
+        x += lefts[k]
+        ax = _pixel_axes(fig, x, bottom, side, side)
+        _draw_confusion(ax, cm, values, fmt, classes, layout, names_down_side=k == 0)
+        ax.set_title(f"{title} {name}".strip(), fontsize=10)
+        if layout["colorbar"]:
+            bar = fig.colorbar(ax.images[0], cax=_pixel_axes(fig, x + side + 8, bottom, 12, side))
+            bar.ax.tick_params(labelsize=layout["tick_pt"])
+        x += side
     return fig
+
+
+def _pixel_axes(fig: Figure, x: float, y: float, w: float, h: float):
+    """Axes placed in pixels from the figure's lower left corner, so layouts computed in pixels stay exact."""
+    width, height = fig.bbox.width, fig.bbox.height
+    return fig.add_axes((x / width, y / height, w / width, h / height))
+
+
+def _draw_confusion(ax, cm, values, fmt: str, classes: list[str], layout: dict, names_down_side: bool) -> None:
+    n = len(classes)
+    # Without numbers, a square-root colour scale keeps the few off-diagonal confusions visible next to the diagonal.
+    norm = None if layout["annotate"] else PowerNorm(0.5, vmin=0, vmax=max(values.max(), 1e-12))
+    ax.imshow(values, cmap="Blues", norm=norm, vmin=0 if norm is None else None, interpolation="nearest", aspect="auto")
+    ticks = np.arange(0, n, layout["step"])
+    names = [classes[t] for t in ticks]
+    rotation = layout["rotation"]
+    ax.set_xticks(ticks, names, rotation=rotation, fontsize=layout["tick_pt"], ha="right" if rotation == 45 else "center")
+    if rotation == 45:
+        for label in ax.get_xticklabels():
+            label.set_rotation_mode("anchor")
+    ax.set_yticks(ticks, names if names_down_side else [], fontsize=layout["tick_pt"])
+    ax.tick_params(length=2, pad=2)
+    # Say so when names were thinned, or a reader takes the named rows for the only ones.
+    every = f" (every {_ordinal(layout['step'])} class named)" if layout["step"] > 1 else ""
+    ax.set_xlabel("predicted" + every, fontsize=9)
+    if names_down_side:
+        ax.set_ylabel("true" + every, fontsize=9)
+    if layout["annotate"]:
+        high = values.max() / 2 if values.size else 0
+        for i, j in np.ndindex(cm.shape):
+            colour = "white" if values[i, j] > high else "black"
+            ax.text(j, i, _cell_text(values, fmt, cm, i, j), ha="center", va="center", fontsize=layout["number_pt"], color=colour)
 
 
 def render(fig) -> np.ndarray:
@@ -96,4 +187,122 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8):
     for i, title in enumerate(titles[:n]):
         r, c = divmod(i, columns)
         ax.text((c + 0.5) * cell_w, r * cell_h + title_h - 0.5, title, ha="center", va="bottom", fontsize=7)
+    return fig
+
+
+def _highlighted(curves: dict, best_first: bool = True) -> tuple[list[str], str]:
+    """The classes the legend names: all of them up to LEGEND_MAX, else the lowest and highest scoring few,
+    so a legend of 100 entries never hides the plot; the second value says which were chosen."""
+    names = list(curves)
+    if len(names) <= LEGEND_MAX:
+        return names, ""
+    ranked = sorted(names, key=lambda name: curves[name][2], reverse=best_first)
+    few = LEGEND_MAX // 2
+    return ranked[:few] + ranked[-few:], f"highest and lowest {few} of {len(names)} classes"
+
+
+def _curves_figure(curves: dict, score: str, axes_names: tuple[str, str], title: str, steps: bool) -> tuple[Figure, object]:
+    """One line per class with its score in the legend, which sits below the axes where it cannot cover a curve."""
+    named, which = _highlighted(curves)
+    rows = -(-(len(named) + 1) // 2)
+    # 4.6 inches leave a plot about 3.9 inches wide; the height gives it as much, plus the legend's rows.
+    fig = Figure(figsize=(4.6, 4.85 + 0.19 * rows + (0.2 if which else 0)), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    colours = iter(matplotlib.colormaps["tab10"].colors)
+    style = {"drawstyle": "steps-post"} if steps else {}
+    for name in [name for name in curves if name not in named]:  # the unnamed majority, faint, underneath
+        x, y, _ = curves[name]
+        ax.plot(x, y, color="0.6", alpha=0.35, linewidth=0.7, clip_on=False, **style)
+    for name in named:
+        x, y, value = curves[name]
+        ax.plot(x, y, color=next(colours), linewidth=1.6, clip_on=False, label=f"{name} ({score} {value:.3f})", **style)
+    mean = np.mean([value for _, _, value in curves.values()]) if curves else float("nan")
+    ax.set_title(f"{title}, mean {score} {mean:.3f}", fontsize=10)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=axes_names[0], ylabel=axes_names[1])
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    return fig, ax
+
+
+def _legend_below(fig: Figure, ax, title: str = "") -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=2, fontsize=8, title=title or None, title_fontsize=8, frameon=False
+        )
+
+
+def pr_curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Figure:
+    """Precision against recall, one line per class: curves maps a class name to (recall, precision, average precision).
+    Beyond LEGEND_MAX classes only the highest and lowest few are coloured and named; the rest stay faint grey."""
+    fig, ax = _curves_figure(curves, "AP", ("recall", "precision"), f"{title} precision-recall".strip(), steps=True)
+    _legend_below(fig, ax, _highlighted(curves)[1])
+    return fig
+
+
+def roc_curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Figure:
+    """True against false positive rate, one line per class: curves maps a class name to (fpr, tpr, AUROC),
+    over the dashed diagonal of a classifier that guesses."""
+    axes_names = ("false positive rate", "true positive rate")
+    fig, ax = _curves_figure(curves, "AUROC", axes_names, f"{title} ROC".strip(), steps=False)
+    ax.plot((0, 1), (0, 1), linestyle="--", color="0.4", linewidth=1, label="chance (AUROC 0.500)")
+    _legend_below(fig, ax, _highlighted(curves)[1])
+    return fig
+
+
+def threshold_figure(thresholds, precision, recall, f1, best: float, default: float = 0.5, title: str = "") -> Figure:
+    """Precision, recall and F1 of a binary task against its decision threshold, with the threshold that maximises
+    F1 and the usual 0.5 marked, so the price of moving off 0.5 is read off the curves."""
+    thresholds = np.asarray(thresholds, dtype=float)
+    # precision_recall_curve returns one more precision and recall than thresholds (the point with no threshold).
+    series = {
+        name: np.asarray(values, dtype=float)[: len(thresholds)]
+        for name, values in (("precision", precision), ("recall", recall), ("F1", f1))
+    }
+    order = np.argsort(thresholds)
+    fig = Figure(figsize=(4.6, 4.0), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for (name, values), colour in zip(series.items(), ("tab:blue", "tab:orange", "tab:green")):
+        width = 1.8 if name == "F1" else 1.3
+        ax.plot(thresholds[order], values[order], color=colour, linewidth=width, clip_on=False, label=name)
+    marks = (("best F1", best, "-"), ("default", default, ":"))
+    for (name, at, line), side in zip(marks, ("right", "left") if best <= default else ("left", "right")):
+        f1_at = np.interp(at, thresholds[order], series["F1"][order]) if len(thresholds) else float("nan")
+        ax.axvline(at, color="0.2", linestyle=line, linewidth=1.2, label=f"{name} threshold {at:.2f} (F1 {f1_at:.3f})")
+        # The values go on the side away from the other marker, so two close thresholds stay legible.
+        ax.text(at, 1.01, f" {at:.2f} ", transform=ax.get_xaxis_transform(), ha=side, va="bottom", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="decision threshold", ylabel="score")
+    ax.set_title(f"{title} precision, recall and F1 by threshold".strip(), fontsize=10, pad=14)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    _legend_below(fig, ax)
+    return fig
+
+
+def class_templates_figure(images: np.ndarray, classes: list[str], columns: int | None = None) -> Figure:
+    """A linear model's weights per class, images (C, channels, H, W) in [0, 1], as tiles named by their class:
+    each tile is the input that class scores highest, so a trained model shows recognisable digits or shapes."""
+    n, channels, h, w = images.shape
+    columns = min(n, columns or (5 if n <= 10 else int(np.ceil(np.sqrt(n)))))
+    rows = -(-n // columns)
+    # Whole-pixel magnification to about 80 px a tile: nearest-neighbour blocks, no smoothing of the weights.
+    scale = max(1, round(80 / max(h, w)))
+    tile_h, tile_w = h * scale, w * scale
+    font = 8.5
+    name_w, name_h = max(_text_px(str(c), font)[0] for c in classes[:n]), _text_px("Ag", font)[1]
+    cell_w, cell_h = max(tile_w + 14, int(np.ceil(name_w)) + 10), tile_h + int(np.ceil(name_h)) + 12
+    canvas = np.ones((rows * cell_h + 6, columns * cell_w, 3))
+    for i, image in enumerate(np.clip(images, 0, 1)):
+        r, c = divmod(i, columns)
+        top, left = r * cell_h + cell_h - tile_h - 2, c * cell_w + (cell_w - tile_w) // 2
+        tile = image.transpose(1, 2, 0) if channels == 3 else np.repeat(image[0][..., None], 3, axis=2)
+        canvas[top - 1 : top + tile_h + 1, left - 1 : left + tile_w + 1] = 0.75  # a thin frame: templates fade into white
+        canvas[top : top + tile_h, left : left + tile_w] = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+    fig = Figure(figsize=(canvas.shape[1] / DPI, canvas.shape[0] / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.axis("off")
+    for i, name in enumerate(classes[:n]):
+        r, c = divmod(i, columns)
+        ax.text((c + 0.5) * cell_w, r * cell_h + cell_h - tile_h - 5, str(name), ha="center", va="bottom", fontsize=font)
     return fig

@@ -1,73 +1,202 @@
-"""Classification metrics with torchmetrics, accumulated on the training device and read once per epoch."""
+"""Classification scores, accumulated on the training device and read once per epoch.
 
-import functools
+Every count-based score comes from one confusion matrix, added to at each step without reading anything
+back to the host; the ranking scores (AUROC, average precision) from the class probabilities kept on the
+device until the epoch ends. The tests hold them to scikit-learn's numbers."""
 
+import math
+
+import numpy as np
 import torch
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
+import torch.distributed as dist
 
-from dlrun.config.schema import METRIC_NAMES
+# Beyond this many kept probabilities (samples x classes) an epoch's ranking scores are those of its
+# first samples: 20M floats is 80 MB of device memory, more than MNIST or CIFAR need many times over.
+MAX_KEPT = 20_000_000
 
 
-class MeanLoss(Metric):
-    """The sample-weighted mean loss. torchmetrics' MeanMetric checks every update for NaN on the host,
-    a sync per step; a NaN here simply propagates, and dlrun.faults stops the run on it."""
-
-    full_state_update = False
-
-    def __init__(self):
-        super().__init__()
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, loss: torch.Tensor, weight: int) -> None:
-        self.total += loss.detach().double() * weight
-        self.count += weight
-
-    def compute(self) -> torch.Tensor:
-        return (self.total / self.count).float()
-
-
-# How each score of METRIC_NAMES is computed: accuracy over all samples, the others averaged over classes.
-SCORES = {
-    "accuracy": functools.partial(MulticlassAccuracy, average="micro"),
-    "precision": functools.partial(MulticlassPrecision, average="macro"),
-    "recall": functools.partial(MulticlassRecall, average="macro"),
-    "f1": functools.partial(MulticlassF1Score, average="macro"),
-}
-
-
-class ClassificationMetrics(torch.nn.Module):
-    """Mean loss, accuracy, and macro precision, recall and F1 over an epoch."""
+class EpochScores(torch.nn.Module):
+    """Mean loss, the confusion matrix and the class probabilities of one pass over a split."""
 
     def __init__(self, num_classes: int):
         super().__init__()
-        # validate_args=False: the checks read values back to the host at every step.
-        kw = dict(num_classes=num_classes, validate_args=False)
-        self.scores = MetricCollection({name: SCORES[name](**kw) for name in METRIC_NAMES if name != "loss"})
-        self.loss = MeanLoss()
+        self.num_classes = num_classes
+        self.register_buffer("cm", torch.zeros(num_classes, num_classes, dtype=torch.long), persistent=False)
+        self.register_buffer("loss_sum", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.probs: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.kept = 0
 
     def reset(self) -> None:
-        self.scores.reset()
-        self.loss.reset()
+        self.cm.zero_()
+        self.loss_sum.zero_()
+        self.count.zero_()
+        self.probs, self.targets, self.kept = [], [], 0
 
+    @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        self.scores.update(logits, target)
-        self.loss.update(loss, weight=len(target))
+        logits = logits.detach().float()
+        n, c = len(target), self.num_classes
+        # index_add_, not bincount: bincount reads the largest index back to size its output, a host sync.
+        self.cm.view(-1).index_add_(0, target * c + logits.argmax(1), torch.ones_like(target))
+        self.loss_sum += loss.detach().double() * n
+        self.count += n
+        if self.kept + n * c <= MAX_KEPT:
+            self.probs.append(logits.softmax(1))
+            self.targets.append(target)
+            self.kept += n * c
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The confusion matrix, probabilities and targets over every rank of a multi-process run."""
+        cm, loss = self.cm.clone(), torch.stack([self.loss_sum, self.count])
+        probs = torch.cat(self.probs) if self.probs else torch.zeros(0, self.num_classes, device=cm.device)
+        targets = torch.cat(self.targets) if self.targets else torch.zeros(0, dtype=torch.long, device=cm.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(cm)
+            dist.all_reduce(loss)
+            probs, targets = _gather_rows(probs), _gather_rows(targets)
+        self._loss = loss
+        return cm, probs, targets
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"loss": self.loss.compute(), **self.scores.compute()}
+        cm, probs, targets = self.gathered()
+        self.confusion, self.scores = cm.cpu().numpy(), (probs, targets)
+        loss = (self._loss[0] / self._loss[1]).float()
+        return {"loss": loss, **count_scores(cm), **ranking_scores(probs, targets)}
 
 
-def classification_metrics(num_classes: int) -> ClassificationMetrics:
-    return ClassificationMetrics(num_classes)
+def classification_metrics(num_classes: int) -> EpochScores:
+    return EpochScores(num_classes)
 
 
-def confusion_matrix(num_classes: int) -> MulticlassConfusionMatrix:
-    return MulticlassConfusionMatrix(num_classes=num_classes, validate_args=False)
+def _gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, in rank order: ranks may hold different numbers of rows."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(t)], device=t.device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, *t.shape[1:], dtype=t.dtype, device=t.device)
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
+
+
+def count_scores(cm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Accuracy, and precision, recall and F1 with macro, micro and weighted averages, from a confusion
+    matrix (rows true, columns predicted). As scikit-learn's defaults have it, a class that is neither in
+    the targets nor predicted takes no part in the macro average."""
+    cm = cm.double()
+    tp, support, predicted = cm.diagonal(), cm.sum(1), cm.sum(0)
+    precision, recall = _divide(tp, predicted), _divide(tp, support)
+    f1 = _divide(2 * precision * recall, precision + recall)
+    present = (support + predicted) > 0
+    weights = support / support.sum().clamp_min(1)
+    accuracy = tp.sum() / cm.sum().clamp_min(1)
+    out = {"accuracy": accuracy}
+    for name, per_class in (("precision", precision), ("recall", recall), ("f1", f1)):
+        out[name] = per_class[present].mean() if present.any() else torch.zeros((), dtype=cm.dtype, device=cm.device)
+        out[f"{name}_micro"] = accuracy  # one label per sample: pooled counts give the accuracy, for all three
+        out[f"{name}_weighted"] = (per_class * weights).sum()
+    return {k: v.float() for k, v in out.items()}
+
+
+def _ranked(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """True and false positives at each distinct threshold, highest first, and the thresholds: the points
+    scikit-learn's roc_curve and precision_recall_curve are built from."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    s, pos = scores[order], positive[order].double()
+    last = torch.ones_like(s, dtype=torch.bool)  # the end of each run of equal scores
+    last[:-1] = s[1:] != s[:-1]
+    tps = pos.cumsum(0)[last]
+    fps = (1 - pos).cumsum(0)[last]
+    return tps, fps, s[last]
+
+
+def auroc_ap(scores: torch.Tensor, positive: torch.Tensor) -> tuple[float, float]:
+    """ROC AUC (trapezoids over the ROC points) and average precision (sum of precision times the
+    recall step), exactly as roc_auc_score and average_precision_score compute them; NaN when the
+    split holds no positive or no negative."""
+    tps, fps, _ = _ranked(scores, positive)
+    if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0:
+        return math.nan, math.nan
+    tpr, fpr = torch.cat([tps.new_zeros(1), tps / tps[-1]]), torch.cat([fps.new_zeros(1), fps / fps[-1]])
+    auroc = torch.trapezoid(tpr, fpr)
+    precision = tps / (tps + fps)
+    ap = (torch.diff(tpr) * precision).sum()
+    return float(auroc), float(ap)
+
+
+def ranking_scores(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """AUROC and average precision, one class against the rest and averaged over the classes that have
+    positives and negatives here; for two classes, those of the positive class (class 1)."""
+    c = probs.shape[1]
+    classes = [1] if c == 2 else range(c)
+    pairs = [auroc_ap(probs[:, k], targets == k) for k in classes]
+    pairs = [p for p in pairs if not math.isnan(p[0])]
+    auroc, ap = (float(np.mean([p[i] for p in pairs])) for i in (0, 1)) if pairs else (math.nan, math.nan)
+    return {"auroc": torch.tensor(auroc), "average_precision": torch.tensor(ap)}
+
+
+def pr_roc_curves(probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict[str, dict]:
+    """Each class's PR and ROC points and areas (the positive class alone for two classes), for figures."""
+    picked = [1] if len(classes) == 2 else range(len(classes))
+    curves = {}
+    for k in picked:
+        tps, fps, thresholds = _ranked(probs[:, k].cpu(), (targets == k).cpu())
+        if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0:
+            continue
+        auroc, ap = auroc_ap(probs[:, k].cpu(), (targets == k).cpu())
+        curves[classes[k]] = {
+            "recall": np.concatenate([[0.0], (tps / tps[-1]).numpy()]),
+            "precision": np.concatenate([[1.0], (tps / (tps + fps)).numpy()]),
+            "fpr": np.concatenate([[0.0], (fps / fps[-1]).numpy()]),
+            "tpr": np.concatenate([[0.0], (tps / tps[-1]).numpy()]),
+            "auroc": auroc,
+            "average_precision": ap,
+        }
+    return curves
+
+
+def threshold_sweep(scores: torch.Tensor, positive: torch.Tensor) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 of the positive class when `score >= t` means positive, at every distinct
+    score t (the thresholds of precision_recall_curve)."""
+    tps, fps, thresholds = _ranked(scores.cpu().double(), positive.cpu())
+    npos = positive.sum().item()
+    precision = (tps / (tps + fps)).numpy()
+    recall = (tps / max(npos, 1)).numpy()
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    return {"threshold": thresholds.numpy(), "precision": precision, "recall": recall, "f1": f1}
+
+
+def best_f1_threshold(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """The threshold of the highest F1 (the highest such threshold on a tie)."""
+    sweep = threshold_sweep(scores, positive)
+    return float(sweep["threshold"][int(np.argmax(sweep["f1"]))])
+
+
+def scores_at(scores: torch.Tensor, positive: torch.Tensor, threshold: float) -> dict[str, float]:
+    """The positive class's precision, recall and F1 when `score >= threshold` means positive."""
+    pred, pos = scores.cpu() >= threshold, positive.cpu().bool()
+    tp, fp, fn = (pred & pos).sum().item(), (pred & ~pos).sum().item(), (~pred & pos).sum().item()
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"threshold": round(float(threshold), 6), "precision": precision, "recall": recall, "f1": f1}
+
+
+def most_confused(cm: np.ndarray, classes: list[str], top: int = 10) -> list[dict]:
+    """The largest off-diagonal cells: which true class is taken for which, how often, and what share of
+    that true class it is."""
+    off = cm.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    support = cm.sum(1)
+    cells = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off))]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [
+        {"true": classes[i], "predicted": classes[j], "count": n, "share": round(n / support[i], 4)} for n, i, j in cells[:top]
+    ]

@@ -99,7 +99,8 @@ class Tracker:
                     self.writer.add_histogram(f"gradients/{name}", param.grad, epoch)
         images = model.weight_images() if self.cfg.logging.weight_images and hasattr(model, "weight_images") else None
         if images is not None:
-            self.writer.add_images("weights/class_templates", _unit_range(images).cpu(), epoch)
+            fig = figures.class_templates_figure(_unit_range(images).cpu().numpy(), self.classes)
+            self.writer.add_image("weights/class_templates", figures.render(fig), epoch, dataformats="HWC")
 
     @torch.no_grad()
     def log_misclassified(self, model, loader, epoch: int) -> None:
@@ -123,11 +124,19 @@ class Tracker:
             grid = figures.render(figures.image_grid_figure(np.stack(images), titles))
             self.writer.add_image("test/misclassified", grid, epoch, dataformats="HWC")
 
-    def log_epoch(self, row: dict, val_cm: np.ndarray | None) -> None:
+    def log_epoch(self, row: dict, val_cm: np.ndarray | None, improved: bool = False, val_scores: tuple | None = None) -> None:
+        """`improved`: this epoch is the best so far, so that `best/val/*` (HParams' metrics) take its values."""
         epoch = row["epoch"]
         for key, value in row.items():
             if "/" in key:
                 self.writer.add_scalar(key, value, epoch)
+        if improved:
+            for key, value in row.items():
+                if key.startswith("val/"):
+                    self.writer.add_scalar(f"best/{key}", value, epoch)
+        every_pr = self.cfg.logging.get("pr_curves", 0)
+        if val_scores is not None and every_pr and epoch % every_pr == 0:
+            self._pr_curves("val", val_scores, epoch)
         every = self.cfg.logging.confusion_matrix_every
         if val_cm is not None and every and epoch % every == 0:
             fig = figures.confusion_figure(val_cm, self.classes, f"val epoch {epoch}", normalized_too=False)
@@ -138,13 +147,29 @@ class Tracker:
         if self.writes:
             write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
 
-    def log_test(self, test: dict, cm: np.ndarray, epoch: int) -> None:
+    def _pr_curves(self, split: str, scores: tuple, epoch: int, writer=None) -> None:
+        """TensorBoard's PR Curves tab: one curve per class (the positive class alone for two classes)."""
+        probs, targets = (t.detach().float().cpu() for t in scores)
+        picked = [1] if len(self.classes) == 2 else range(len(self.classes))
+        for k in picked:
+            name = str(self.classes[k]).replace("/", "_").replace(" ", "_")
+            (writer or self.writer).add_pr_curve(f"{split}/pr_curve/{name}", targets == k, probs[:, k], epoch)
+
+    def log_test(self, test: dict, cm: np.ndarray, epoch: int, readings: dict | None = None) -> None:
+        """The test scores and confusion matrix, and what was read from them: curves, threshold, worst confusions."""
+        readings = readings or {}
+        self.metrics["test"] = test
+        self.metrics.update({k: readings[k] for k in ("most_confused", "threshold") if k in readings})
         if not self.writes:
-            self.metrics["test"] = test
             return
         writer = _NullWriter() if self.test_logged else self.writer
         for key, value in test.items():
             writer.add_scalar(f"test/{key}", value, epoch)
+        if "scores" in readings:
+            self._pr_curves("test", readings["scores"], epoch, writer)
+        self._log_curves(readings, writer, epoch)
+        if readings.get("most_confused"):
+            writer.add_text("test/most_confused", confusions_markdown(readings["most_confused"][:5]), epoch)
         picture = figures.render(figures.confusion_figure(cm, self.classes, "test"))
         writer.add_image("test/confusion_matrix", picture, epoch, dataformats="HWC")
         figures.save_png(picture, self.run_dir / "confusion_matrix.png")
@@ -152,7 +177,40 @@ class Tracker:
         header, rows = classification_report(cm, self.classes)
         write_csv(self.run_dir / "classification_report.csv", header, rows)
         writer.add_text("test/classification_report", markdown_table(header, rows), epoch)
-        self.metrics["test"] = test
+
+    def _log_curves(self, readings: dict, writer, epoch: int) -> None:
+        """pr_curve.png and roc_curve.png; for two classes threshold.png and the threshold's scores."""
+        curves = readings.get("curves")
+        if curves:
+            pr = {c: (v["recall"], v["precision"], v["average_precision"]) for c, v in curves.items()}
+            roc = {c: (v["fpr"], v["tpr"], v["auroc"]) for c, v in curves.items()}
+            figures.save_figure(figures.pr_curve_figure(pr, "test"), self.run_dir / "pr_curve.png")
+            figures.save_figure(figures.roc_curve_figure(roc, "test"), self.run_dir / "roc_curve.png")
+        threshold, sweep = readings.get("threshold"), readings.get("threshold_sweep")
+        if threshold and sweep:
+            fig = figures.threshold_figure(
+                sweep["threshold"],
+                sweep["precision"],
+                sweep["recall"],
+                sweep["f1"],
+                threshold["best_f1"],
+                0.5,
+                f"val, positive class {self.classes[1]}",
+            )
+            picture = figures.render(fig)
+            figures.save_png(picture, self.run_dir / "threshold.png")
+            writer.add_image("val/threshold", picture, epoch, dataformats="HWC")
+            writer.add_scalar("test/threshold/best_f1", threshold["best_f1"], epoch)
+            for at in ("at_best", "at_0.5"):
+                for m in ("precision", "recall", "f1"):
+                    writer.add_scalar(f"test/threshold/{m}_{at}", threshold[at][m], epoch)
+
+    def log_diagnosis(self, diagnosis: dict, epoch: int) -> None:
+        """The verdict on the learning curves: metrics.json and TensorBoard's Text tab."""
+        self.metrics["diagnosis"] = diagnosis
+        if self.writes and diagnosis.get("verdict"):
+            text = f"**{diagnosis['verdict']}**" + (f" from epoch {diagnosis['epoch']}" if diagnosis.get("epoch") else "")
+            self.writer.add_text("diagnosis", f"{text}: {diagnosis['reason']}  \nTry: {diagnosis['suggestion']}", epoch)
 
     def save_metrics(self, **fields) -> None:
         self.metrics.update(fields, wall_time_s=round(time.time() - self.start, 3))
@@ -186,6 +244,11 @@ class Tracker:
             self.writer.file_writer.add_summary(self._session_end)
         self.writer.close()
         self.save_metrics(status=status)
+
+
+def confusions_markdown(cells: list[dict]) -> str:
+    rows = [[c["true"], c["predicted"], str(c["count"]), f"{c['share']:.1%}"] for c in cells]
+    return markdown_table(["true", "predicted as", "count", "share of the true class"], rows)
 
 
 def _has_tag(run_dir: Path, tag: str) -> bool:
