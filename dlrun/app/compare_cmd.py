@@ -6,7 +6,12 @@ from pathlib import Path
 
 from dlrun.core.errors import DlrunError
 from dlrun.results.runs import find_runs, is_run
-from dlrun.results.summary import summarize
+from dlrun.results.summary import SummaryChoice, saved_choice, summarize
+
+COLUMNS_HELP = (
+    "KEY[@AGG]: val/<metric> (at the best epoch), test/<metric>, train/<metric> (its last epoch), epoch, verdict, "
+    "or a key of metrics.json (parameters.total); @last, @min, @max or @best over history.csv (val/loss@min)"
+)
 
 
 def main(args: list[str]) -> None:
@@ -25,6 +30,14 @@ def main(args: list[str]) -> None:
         help="where summary.csv, summary.md and curves.png go (default: the sweep directory when "
         "PATH is one sweep, else outputs/compare/<date>_<time>)",
     )
+    parser.add_argument("--rank-by", metavar="COLUMN", help=f"what ranks the runs (default: trainer.monitor). {COLUMNS_HELP}")
+    parser.add_argument("--mode", choices=("min", "max"), help="lowest or highest first (default: min for a loss, else max)")
+    parser.add_argument(
+        "--columns",
+        metavar="A,B,...",
+        help="the table's metric columns (default: a sweep's own, else the best monitored value, its epoch, "
+        "test accuracy and F1), e.g. train/loss@last,val/loss@min,test/f1_micro",
+    )
     opts = parser.parse_args(args)
     paths = [Path(p) for p in opts.paths]
     for path in paths:
@@ -40,8 +53,18 @@ def main(args: list[str]) -> None:
         out = Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
     if out.exists() and not out.is_dir():
         raise DlrunError(f"--out {out}: is a file, not a directory")
-    summarize(paths, out)
+    summarize(paths, out, choice=_choice(opts, paths), strict=True)
+
+
+def _choice(opts, paths: list[Path]) -> SummaryChoice:
+    """The flags given, else what the sweeps compared ranked by and showed (an experiment's own columns)."""
+    saved = saved_choice(paths)
+    columns = [c.strip() for c in opts.columns.split(",") if c.strip()] if opts.columns else None
+    if opts.rank_by and not opts.mode:  # the sweep's mode belonged to its own ranking column
+        return SummaryChoice(opts.rank_by, None, columns or saved.columns)
+    return SummaryChoice(opts.rank_by or saved.rank_by, opts.mode or saved.mode, columns or saved.columns)
 
 
 def _usage_error(message: str):
-    raise DlrunError(f"compare: {message} (usage: dlrun compare PATH... [--out DIR])")
+    usage = "dlrun compare PATH... [--out DIR] [--rank-by COLUMN] [--mode min|max] [--columns A,B]"
+    raise DlrunError(f"compare: {message} (usage: {usage})")

@@ -18,7 +18,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto import types_pb2
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -26,6 +31,8 @@ from dlrun.config.schema import METRIC_NAMES
 from dlrun.core.nested import flatten
 
 STEP_TAGS = ("train/loss_step", "train/lr", "train/grad_norm")
+# Open when the tab opens; the other metrics' categories start closed.
+OPEN_METRICS = ("loss", "accuracy", "f1")
 # First the ones HParams ticks by default (the first five): the best epoch's val scores, then test.
 _LEADING_METRICS = ("best/val/f1", "best/val/accuracy", "best/val/loss", "test/f1", "test/accuracy")
 HPARAM_METRICS = [
@@ -48,21 +55,44 @@ _SETTINGS = re.compile(
 )
 
 
-def custom_scalars_layout(metrics: Sequence[str]) -> dict:
-    """For SummaryWriter.add_custom_scalars: train vs val of each per-epoch metric, then the per-step curves.
+def exact(tag: str) -> str:
+    """A custom-scalars tag regex for `tag` alone: TensorBoard matches from the start only, so that
+    train/loss would also take train/loss_step."""
+    return f"^{re.escape(tag)}$"
 
-    The plugin colours a series by its run alone, so train and val of one run in one multi-line chart share
-    a colour. A margin chart draws each run's val as a line in the run's colour and shades the band between
-    it and train, so the two read apart at a glance, with one run per job."""
-    per_epoch = {f"{m}: val line, band to train": ["Margin", [f"val/{m}", f"train/{m}", f"val/{m}"]] for m in metrics}
-    # The tag regexes match from the start only: anchored at the end, train/loss leaves train/loss_step alone.
-    per_split = {f"{split}/{m}": ["Multiline", [f"^{re.escape(f'{split}/{m}')}$"]] for m in metrics for split in ("train", "val")}
-    per_step = {tag: ["Multiline", [f"^{re.escape(tag)}$"]] for tag in STEP_TAGS}
-    return {
-        "Per epoch: train vs val (line: val, shaded: the gap to train)": per_epoch,
-        "Per optimizer step": per_step,
-        "Per epoch: train and val apart, runs overlaid": per_split,
-    }
+
+def custom_scalars_layout(metrics: Sequence[str]) -> layout_pb2.Layout:
+    """One category per per-epoch metric: train and val as charts of their own with the runs overlaid, then
+    the margin chart of train vs val; and the per-step curves, on their own axis of optimizer steps.
+
+    The plugin colours a series by its run alone, so train and val of one run in one multi-line chart share a
+    colour and differ only by a marker dealt out as the data arrives. Here colour is the run in every chart, the
+    split is the chart, and the margin chart draws each run's val as a line with the band to its train shaded."""
+    categories = [_metric_category(m) for m in metrics if m in OPEN_METRICS]
+    step_charts = [layout_pb2.Chart(title=t, multiline=layout_pb2.MultilineChartContent(tag=[exact(t)])) for t in STEP_TAGS]
+    categories.append(layout_pb2.Category(title="per optimizer step", chart=step_charts))
+    categories += [_metric_category(m) for m in metrics if m not in OPEN_METRICS]
+    return layout_pb2.Layout(category=categories)
+
+
+def _metric_category(metric: str) -> layout_pb2.Category:
+    splits = [
+        layout_pb2.Chart(title=f"{split}/{metric}", multiline=layout_pb2.MultilineChartContent(tag=[exact(f"{split}/{metric}")]))
+        for split in ("train", "val")
+    ]
+    # Last in its category: the dashboard places margin charts after the multi-line ones whatever the order.
+    series = layout_pb2.MarginChartContent.Series(value=f"val/{metric}", lower=f"train/{metric}", upper=f"val/{metric}")
+    gap = layout_pb2.Chart(title=f"{metric}: val (line) vs train (edge of the band)", margin=layout_pb2.MarginChartContent(series=[series]))
+    return layout_pb2.Category(title=f"{metric} per epoch", chart=[*splits, gap], closed=metric not in OPEN_METRICS)
+
+
+def custom_scalars_summary(metrics: Sequence[str]) -> Summary:
+    """The layout as the summary that SummaryWriter.add_custom_scalars would write (which cannot close a category)."""
+    tensor = TensorProto(dtype=types_pb2.DT_STRING, string_val=[custom_scalars_layout(metrics).SerializeToString()])
+    tensor.tensor_shape.CopyFrom(TensorShapeProto())
+    value = Summary.Value(tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG, tensor=tensor)
+    value.metadata.CopyFrom(custom_scalar_metadata.create_summary_metadata())
+    return Summary(value=[value])
 
 
 def hparam_values(cfg, overrides: Iterable[str] = ()) -> dict:

@@ -1,4 +1,5 @@
-"""Figures a person reads without TensorBoard: the confusion matrix, learning curves and image grids.
+"""Figures a person reads in the run directory and on TensorBoard's image cards (about 350 px wide): the confusion
+matrix, PR and ROC curves, the threshold sweep of a binary task, learning curves, image grids and class templates.
 
 matplotlib through its object API, drawn by the Agg canvas: no pyplot state and no screen needed."""
 
@@ -30,7 +31,7 @@ def _text_px(text: str, size: float) -> tuple[float, float]:
     return width, height
 
 
-def _confusion_layout(cm: np.ndarray, classes: list[str], panels: list) -> dict:
+def _confusion_layout(cm: np.ndarray, classes: list[str], panels: list, title: str) -> dict:
     """Cell size, fonts, tick spacing and margins in pixels: each panel is a square matrix with its labels around it."""
     n = len(classes)
     annotate = n <= ANNOTATE_MAX
@@ -43,10 +44,14 @@ def _confusion_layout(cm: np.ndarray, classes: list[str], panels: list) -> dict:
             _text_px(_cell_text(values, fmt, cm, i, j), 8.5)[0] for _, values, fmt in panels for i, j in np.ndindex(cm.shape)
         )
         cell = max(30 if n <= 12 else 26, int(widest) + 8)
-        number_pt = min(8.5, 8.5 * (cell - 6) / max(widest, 1.0))
+    # A few classes still get a panel wide enough for its title, and cells big enough to be seen as cells.
+    title_w = max(_text_px(f"{title} {name}".strip(), 10)[0] for name, _, _ in panels)
+    cell = max(cell, int(np.ceil(max(180, title_w + 8) / max(n, 1))))
+    if annotate:  # the numbers as large as their cells allow, 3 px clear of each side
+        number_pt = min(11 if n <= 5 else 9.5, 8.5 * (cell - 6) / max(widest, 1.0))
     # Labels drawn upright, sideways or at 45 degrees, whichever keeps neighbours apart.
     rotation = 0 if name_w <= cell - 4 else (45 if annotate else 90)
-    step = max(1, int(np.ceil(1.3 * line_h / cell))) if rotation != 0 else max(1, int(np.ceil((name_w + 4) / cell)))
+    step = max(1, int(np.ceil(1.3 * line_h / cell)), int(np.ceil((name_w + 4) / cell)) if rotation == 0 else 1)
     drop = {0: line_h, 45: 0.72 * (name_w + line_h), 90: name_w}[rotation]
     return dict(
         annotate=annotate,
@@ -80,7 +85,7 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normal
     if normalized_too:
         rows = cm.sum(axis=1, keepdims=True)
         panels.append(("row-normalised", np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0), ".2f"))
-    layout = _confusion_layout(cm, classes, panels)
+    layout = _confusion_layout(cm, classes, panels, title)
     side, bottom = layout["side"], layout["bottom"]
     # The panels share their rows, so only the first one repeats the class names down its side.
     lefts = [layout["left"]] + [layout["colorbar"] + 28] * (len(panels) - 1)
@@ -190,18 +195,18 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8):
     return fig
 
 
-def _highlighted(curves: dict, best_first: bool = True) -> tuple[list[str], str]:
+def _highlighted(curves: dict) -> tuple[list[str], str]:
     """The classes the legend names: all of them up to LEGEND_MAX, else the lowest and highest scoring few,
     so a legend of 100 entries never hides the plot; the second value says which were chosen."""
     names = list(curves)
     if len(names) <= LEGEND_MAX:
         return names, ""
-    ranked = sorted(names, key=lambda name: curves[name][2], reverse=best_first)
+    ranked = sorted(names, key=lambda name: curves[name][2], reverse=True)
     few = LEGEND_MAX // 2
     return ranked[:few] + ranked[-few:], f"highest and lowest {few} of {len(names)} classes"
 
 
-def _curves_figure(curves: dict, score: str, axes_names: tuple[str, str], title: str, steps: bool) -> tuple[Figure, object]:
+def _curves_figure(curves: dict, score: str, axes_names: tuple[str, str], title: str, steps: bool, chance: bool) -> Figure:
     """One line per class with its score in the legend, which sits below the axes where it cannot cover a curve."""
     named, which = _highlighted(curves)
     rows = -(-(len(named) + 1) // 2)
@@ -209,19 +214,30 @@ def _curves_figure(curves: dict, score: str, axes_names: tuple[str, str], title:
     fig = Figure(figsize=(4.6, 4.85 + 0.19 * rows + (0.2 if which else 0)), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     colours = iter(matplotlib.colormaps["tab10"].colors)
-    style = {"drawstyle": "steps-post"} if steps else {}
     for name in [name for name in curves if name not in named]:  # the unnamed majority, faint, underneath
         x, y, _ = curves[name]
-        ax.plot(x, y, color="0.6", alpha=0.35, linewidth=0.7, clip_on=False, **style)
+        ax.plot(x, y, color="0.6", alpha=0.35, linewidth=0.7, clip_on=False, **_steps(x, steps))
     for name in named:
         x, y, value = curves[name]
-        ax.plot(x, y, color=next(colours), linewidth=1.6, clip_on=False, label=f"{name} ({score} {value:.3f})", **style)
+        label = f"{name} ({score} {value:.3f})"
+        ax.plot(x, y, color=next(colours), linewidth=1.6, clip_on=False, label=label, **_steps(x, steps))
     mean = np.mean([value for _, _, value in curves.values()]) if curves else float("nan")
     ax.set_title(f"{title}, mean {score} {mean:.3f}", fontsize=10)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=axes_names[0], ylabel=axes_names[1])
+    if chance:
+        ax.plot((0, 1), (0, 1), linestyle="--", color="0.4", linewidth=1, label=f"chance ({score} 0.500)")
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
-    return fig, ax
+    _legend_below(fig, ax, which)
+    return fig
+
+
+def _steps(x, steps: bool) -> dict:
+    """Average precision is the area under precision held constant up to each recall reached: a step drawn
+    on the left of each point, whichever way the points run (precision_recall_curve's recall decreases)."""
+    if not steps or len(x) < 2:
+        return {}
+    return {"drawstyle": "steps-post" if x[0] > x[-1] else "steps-pre"}
 
 
 def _legend_below(fig: Figure, ax, title: str = "") -> None:
@@ -235,19 +251,14 @@ def _legend_below(fig: Figure, ax, title: str = "") -> None:
 def pr_curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Figure:
     """Precision against recall, one line per class: curves maps a class name to (recall, precision, average precision).
     Beyond LEGEND_MAX classes only the highest and lowest few are coloured and named; the rest stay faint grey."""
-    fig, ax = _curves_figure(curves, "AP", ("recall", "precision"), f"{title} precision-recall".strip(), steps=True)
-    _legend_below(fig, ax, _highlighted(curves)[1])
-    return fig
+    return _curves_figure(curves, "AP", ("recall", "precision"), f"{title} precision-recall".strip(), steps=True, chance=False)
 
 
 def roc_curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Figure:
     """True against false positive rate, one line per class: curves maps a class name to (fpr, tpr, AUROC),
     over the dashed diagonal of a classifier that guesses."""
     axes_names = ("false positive rate", "true positive rate")
-    fig, ax = _curves_figure(curves, "AUROC", axes_names, f"{title} ROC".strip(), steps=False)
-    ax.plot((0, 1), (0, 1), linestyle="--", color="0.4", linewidth=1, label="chance (AUROC 0.500)")
-    _legend_below(fig, ax, _highlighted(curves)[1])
-    return fig
+    return _curves_figure(curves, "AUROC", axes_names, f"{title} ROC".strip(), steps=False, chance=True)
 
 
 def threshold_figure(thresholds, precision, recall, f1, best: float, default: float = 0.5, title: str = "") -> Figure:
@@ -272,7 +283,7 @@ def threshold_figure(thresholds, precision, recall, f1, best: float, default: fl
         # The values go on the side away from the other marker, so two close thresholds stay legible.
         ax.text(at, 1.01, f" {at:.2f} ", transform=ax.get_xaxis_transform(), ha=side, va="bottom", fontsize=8)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="decision threshold", ylabel="score")
-    ax.set_title(f"{title} precision, recall and F1 by threshold".strip(), fontsize=10, pad=14)
+    ax.set_title("\n".join(filter(None, (title, "precision, recall and F1 by threshold"))), fontsize=10, pad=14)
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
     _legend_below(fig, ax)
@@ -282,6 +293,7 @@ def threshold_figure(thresholds, precision, recall, f1, best: float, default: fl
 def class_templates_figure(images: np.ndarray, classes: list[str], columns: int | None = None) -> Figure:
     """A linear model's weights per class, images (C, channels, H, W) in [0, 1], as tiles named by their class:
     each tile is the input that class scores highest, so a trained model shows recognisable digits or shapes."""
+    images = np.asarray(images, dtype=float)
     n, channels, h, w = images.shape
     columns = min(n, columns or (5 if n <= 10 else int(np.ceil(np.sqrt(n)))))
     rows = -(-n // columns)

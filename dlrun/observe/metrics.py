@@ -16,54 +16,58 @@ MAX_KEPT = 20_000_000
 
 
 class EpochScores(torch.nn.Module):
-    """Mean loss, the confusion matrix and the class probabilities of one pass over a split."""
+    """Mean loss, the confusion matrix and the class probabilities of one pass over a split.
+
+    A step only keeps its logits, targets and loss: the scores are computed once, when the epoch ends,
+    over the whole split at once (a handful of kernels instead of a dozen per step)."""
 
     def __init__(self, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
+        # the steps beyond MAX_KEPT: counted into the matrix as they come
         self.register_buffer("cm", torch.zeros(num_classes, num_classes, dtype=torch.long), persistent=False)
-        self.register_buffer("loss_sum", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.probs: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-        self.kept = 0
+        self.reset()
 
     def reset(self) -> None:
         self.cm.zero_()
-        self.loss_sum.zero_()
-        self.count.zero_()
-        self.probs, self.targets, self.kept = [], [], 0
+        self.logits: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.kept = 0
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        logits = logits.detach().float()
         n, c = len(target), self.num_classes
-        # index_add_, not bincount: bincount reads the largest index back to size its output, a host sync.
-        self.cm.view(-1).index_add_(0, target * c + logits.argmax(1), torch.ones_like(target))
-        self.loss_sum += loss.detach().double() * n
-        self.count += n
+        self.losses.append(loss.detach())
+        self.sizes.append(n)
         if self.kept + n * c <= MAX_KEPT:
-            self.probs.append(logits.softmax(1))
+            self.logits.append(logits.detach())
             self.targets.append(target)
             self.kept += n * c
+        else:  # index_add_, not bincount: bincount reads the largest index back to size its output, a host sync
+            self.cm.view(-1).index_add_(0, target * c + logits.detach().argmax(1), torch.ones_like(target))
 
-    def gathered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The confusion matrix, probabilities and targets over every rank of a multi-process run."""
-        cm, loss = self.cm.clone(), torch.stack([self.loss_sum, self.count])
-        probs = torch.cat(self.probs) if self.probs else torch.zeros(0, self.num_classes, device=cm.device)
-        targets = torch.cat(self.targets) if self.targets else torch.zeros(0, dtype=torch.long, device=cm.device)
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The confusion matrix, the summed loss and count, probabilities and targets over every rank."""
+        c, device = self.num_classes, self.cm.device
+        logits = torch.cat(self.logits).float() if self.logits else torch.zeros(0, c, device=device)
+        targets = torch.cat(self.targets) if self.targets else torch.zeros(0, dtype=torch.long, device=device)
+        cm = self.cm + torch.bincount(targets * c + logits.argmax(1), minlength=c * c).view(c, c)
+        losses = torch.stack(self.losses).double() if self.losses else torch.zeros(0, dtype=torch.float64, device=device)
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=losses.device)
+        loss = torch.stack([(losses * sizes).sum(), sizes.sum()])
+        probs = logits.softmax(1)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(cm)
             dist.all_reduce(loss)
             probs, targets = _gather_rows(probs), _gather_rows(targets)
-        self._loss = loss
-        return cm, probs, targets
+        return cm, loss, probs, targets
 
     def compute(self) -> dict[str, torch.Tensor]:
-        cm, probs, targets = self.gathered()
+        cm, loss, probs, targets = self.gathered()
         self.confusion, self.scores = cm.cpu().numpy(), (probs, targets)
-        loss = (self._loss[0] / self._loss[1]).float()
-        return {"loss": loss, **count_scores(cm), **ranking_scores(probs, targets)}
+        return {"loss": (loss[0] / loss[1]).float(), **count_scores(cm), **ranking_scores(probs, targets)}
 
 
 def classification_metrics(num_classes: int) -> EpochScores:

@@ -8,8 +8,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from dlrun.core.io import read_json, read_yaml
 from dlrun.core.nested import lookup
+
+# Interpolations that mean something only inside the Hydra app that ran the job, or only at that moment:
+# resolved later they would fail, or give today's date. They stay as the saved config writes them.
+UNRESOLVABLE = ("${hydra:", "${now:")
 
 
 def is_run(path: Path) -> bool:
@@ -47,14 +53,17 @@ class Run:
         return cls(
             path,
             overrides,
-            read_yaml(hydra_dir / "config.yaml") or {},
+            resolved(read_yaml(hydra_dir / "config.yaml") or {}),
             choices,
             read_json(path / "metrics.json"),
             read_history(path / "history.csv"),
         )
 
     def value(self, key: str) -> str:
-        """A config value as text: a group's chosen option, else the key in the saved config."""
+        """A config value as text: a group's chosen option, else the key in the saved config; for `device`,
+        the device the run used (`cpu` where the config said `auto`)."""
+        if key == "device" and self.metrics.get("device"):
+            return str(self.metrics["device"])
         if key in self.choices:
             choice = self.choices[key]
             return "null" if choice is None else str(choice)  # as an override writes it: experiment=null
@@ -64,6 +73,38 @@ class Run:
         if isinstance(node, list):
             return "[" + ",".join(map(str, node)) + "]"  # as it is written in an override
         return json.dumps(node) if isinstance(node, dict) else str(node)
+
+    def metric(self, key: str, agg: str | None = None):
+        """A number (or a text) the run recorded, None where it has none. With `agg` (last, min, max, best): over
+        history.csv's column `key`, its last row, its lowest or highest value, or its row at the best epoch.
+        Without: the best epoch's value in metrics.json (`val/f1`, `epoch`), test/<name> from its test results,
+        a train/ metric's last epoch, `verdict` from its diagnosis, anything else by its dotted path (`device`)."""
+        best = self.metrics.get("best") or {}
+        if agg is None and key.startswith("train/") and key not in best:
+            agg = "last"
+        if agg is not None:
+            return self._from_history(key, agg, best.get("epoch"))
+        if key in best:
+            return best[key]
+        if key.startswith("test/"):
+            return (self.metrics.get("test") or {}).get(key[len("test/") :])
+        if key == "verdict":
+            return (self.metrics.get("diagnosis") or {}).get("verdict")
+        found, node = lookup(self.metrics, key)
+        return node if found and not isinstance(node, dict | list) else None
+
+    def _from_history(self, key: str, agg: str, best_epoch):
+        rows = [row for row in self.history if key in row]
+        if not rows:
+            return None
+        if agg == "last":
+            return rows[-1][key]
+        if agg == "best":
+            return next((row[key] for row in rows if row.get("epoch") == best_epoch), None)
+        finite = [row[key] for row in rows if not math.isnan(row[key])]
+        if not finite:
+            return None
+        return min(finite) if agg == "min" else max(finite)
 
     @property
     def run_dir(self) -> Path:
@@ -95,3 +136,27 @@ def float_or_nan(text) -> float:
         return float(text)
     except (TypeError, ValueError):
         return math.nan
+
+
+def resolved(config: dict) -> dict:
+    """The saved config with its interpolations resolved (`${oc.select:dataset.epochs,20}` -> 20), key by key:
+    one that cannot be resolved outside its job (`${hydra:...}`, a missing key) keeps its saved text."""
+    conf = OmegaConf.create(config)
+
+    def walk(node, prefix: str):
+        if isinstance(node, dict):
+            return {k: walk(v, f"{prefix}{k}.") for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{prefix}{i}.") for i, v in enumerate(node)]
+        if not isinstance(node, str) or "${" not in node or any(u in node for u in UNRESOLVABLE):
+            return node
+        try:
+            value = OmegaConf.select(conf, prefix[:-1], throw_on_resolution_failure=True)
+        except Exception:  # noqa: BLE001 - an interpolation that needs its job (or another resolver)
+            return node
+        return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+
+    try:
+        return walk(OmegaConf.to_container(conf, resolve=False), "")
+    except Exception:  # noqa: BLE001 - a config OmegaConf cannot read: as it was saved
+        return config

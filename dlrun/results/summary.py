@@ -3,6 +3,7 @@ summary.md and curves.png, ranked by the monitored metric, with mean ± std over
 
 import math
 import os
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +12,13 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from dlrun.core.errors import DlrunError
 from dlrun.core.io import read_yaml, write_csv, write_json, write_text
+from dlrun.core.text import did_you_mean
 from dlrun.observe.console import Console
 from dlrun.observe.figures import save_figure
 from dlrun.observe.tables import markdown_table, plain_table
@@ -24,6 +27,62 @@ from dlrun.results.runs import Run, find_runs, float_or_nan
 FINISHED = ("completed", "diverged")  # a rerun would give the same answer: skip these when resuming
 SEED_AXIS = "seed"
 CURVES = (("val/accuracy", "val accuracy"), ("val/loss", "val loss"), ("train/loss", "train loss"))
+AGGREGATES = ("last", "min", "max", "best")
+# Keys that never tell runs apart (resume's run, where files go, Hydra's own), and keys that change what is
+# logged but not what is learned: those show only when nothing else tells two runs apart.
+BOOKKEEPING = ("resume", "hydra", "paths.")
+QUIET = ("logging.", "trainer.log_every_n_steps")
+
+
+@dataclass(frozen=True)
+class SummaryChoice:
+    """What a summary ranks by and shows: a sweep's `hydra.callbacks.sweep_summary`, or `dlrun compare`'s flags."""
+
+    rank_by: str | None = None  # a column (see parse_column); None: trainer.monitor's best value
+    mode: str | None = None  # min or max; None: trainer.mode for the monitor, min for a loss, else max
+    columns: tuple[str, ...] | list[str] | None = None  # None: the best monitored value, its epoch, test accuracy and F1
+
+
+@dataclass(frozen=True)
+class Column:
+    """One number (or text) per run, as `parse_column` reads a name such as `train/loss@last`."""
+
+    key: str
+    agg: str | None
+    header: str  # the console and summary.md
+    csv: str  # summary.csv and summary.json
+
+    def value(self, run: Run):
+        return run.metric(self.key, self.agg)
+
+
+def parse_column(spec: str, monitor: str) -> Column:
+    """`KEY[@AGG]`. KEY: val/<metric> (its value at the best epoch), test/<metric> (the test results), train/<metric>
+    (its last epoch), epoch (the best one), verdict (the run's diagnosis), or a dotted key of metrics.json
+    (parameters.total). @AGG, over history.csv's rows: @last (the last epoch), @min, @max, @best (at the best epoch)."""
+    key, _, agg = str(spec).strip().partition("@")
+    if not key or (agg and agg not in AGGREGATES):
+        raise DlrunError(f"{spec}: not a column: KEY[@AGG], AGG one of {', '.join(AGGREGATES)} (e.g. train/loss@last)")
+    if key.startswith("test/") and agg:
+        raise DlrunError(f"{spec}: test results have one value per run; name it {key}")
+    if key.startswith("train/") and not agg:
+        agg = "last"
+    if agg:
+        return Column(key, agg, f"{key} ({agg})", f"{key} ({agg})")
+    if key == monitor:
+        return Column(key, None, f"best {key}", f"best_{key}")
+    if key == "epoch":
+        return Column(key, None, "best epoch", "best_epoch")
+    if key.startswith("test/"):
+        name = key[len("test/") :]
+        return Column(key, None, "test acc" if name == "accuracy" else f"test {name}", key)
+    if key.startswith("val/"):
+        return Column(key, None, f"{key} (best epoch)", f"{key} (best epoch)")
+    return Column(key, None, key, key)
+
+
+def default_columns(monitor: str) -> list[str]:
+    return [monitor, "epoch", "test/accuracy", "test/f1"]
 
 
 @dataclass
@@ -33,12 +92,10 @@ class Row:
     name: str
     values: dict[str, str]
     runs: list[Run]
-    objective: list[float] = field(default_factory=list)
-    best_epoch: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
-    test_f1: list[float] = field(default_factory=list)
+    cells: dict[str, list] = field(default_factory=dict)  # Column.csv -> the finished runs' values (None: none)
     epochs: list[float] = field(default_factory=list)
     time_s: list[float] = field(default_factory=list)
+    score: float = math.nan  # the ranking column's mean
 
     @property
     def finished(self) -> list[Run]:
@@ -55,20 +112,21 @@ class Row:
             return f"{run.status}: {error}" if error else run.status
         return ", ".join(f"{n} {s}" for s, n in counts.items())
 
-    @property
-    def score(self) -> float:
-        return _mean(self.objective)
-
 
 @dataclass
 class Summary:
-    rows: list[Row]  # jobs, sorted by the objective, best first
+    rows: list[Row]  # jobs, sorted by the ranking column, best first
     groups: list[Row] | None  # with `seed` swept: jobs grouped by the other axes, best first
     axes: list[str]
     monitor: str
-    mode: str
+    mode: str  # for the ranking column
     out_dir: Path
     search: dict | None = None  # the best parameters found by an optuna search
+    rank: Column | None = None
+    shown: list[Column] = field(default_factory=list)  # the metric columns of the tables
+    saved: list[Column] = field(default_factory=list)  # those of summary.csv: the shown ones, then the defaults
+    texts: set[str] = field(default_factory=set)  # the csv names of the columns that hold text
+    missing: list[str] = field(default_factory=list)  # chosen columns no finished run has
 
     @property
     def failed(self) -> list[Row]:
@@ -78,60 +136,97 @@ class Summary:
     def ranked(self) -> list[Row]:
         return self.groups if self.groups is not None else self.rows
 
+    @property
+    def rank_name(self) -> str:
+        return self.monitor if self.rank is None or self.rank.key == self.monitor and not self.rank.agg else self.rank.header
+
 
 def swept_axes(runs: list[Run]) -> list[str]:
-    """The overridden keys whose values differ between runs (all of them for a single run)."""
+    """The overridden keys whose values differ between runs (all of them for a single run), bookkeeping left out."""
     keys: list[str] = []
     for run in runs:
-        keys += [k for k in run.overrides if k not in keys and not k.startswith("hydra")]
+        keys += [k for k in run.overrides if k not in keys and not k.startswith(BOOKKEEPING)]
     if len(runs) == 1:
-        return keys
-    return [k for k in keys if len({run.value(k) for run in runs}) > 1]
+        return [k for k in keys if not k.startswith(QUIET)]
+    keys = [k for k in keys if len({run.value(k) for run in runs}) > 1]
+    kept = [k for k in keys if not k.startswith(QUIET)]
+
+    def distinct(axes):
+        return len({tuple(run.value(a) for a in axes) for run in runs})
+
+    return kept if distinct(kept) == distinct(keys) else keys
 
 
-def build_summary(runs: list[Run], out_dir: Path, with_names: bool) -> Summary:
+def build_summary(runs: list[Run], out_dir: Path, with_names: bool, choice: SummaryChoice | None = None) -> Summary:
+    choice = choice or SummaryChoice()
     axes = swept_axes(runs)
     monitor = _most_common([r.monitor for r in runs])
-    mode = _most_common([r.mode for r in runs])
-    rank = _ranker(mode)
+    rank = parse_column(choice.rank_by or monitor, monitor)
+    if rank.key == "verdict":
+        raise DlrunError("rank by verdict: it is a word; rank by a number (val/loss@min, test/accuracy, ...)")
+    mode = choice.mode
+    if mode is None:
+        mode = _most_common([r.mode for r in runs]) if rank.key == monitor and not rank.agg else _mode_for(rank.key)
+    if mode not in ("min", "max"):
+        raise DlrunError(f"mode={mode}: must be min or max")
+    shown = _unique([rank, *(parse_column(c, monitor) for c in (choice.columns or default_columns(monitor)))])
+    if not any(r.metric("verdict") for r in runs):  # runs made before diagnoses existed: no column
+        shown = [c for c in shown if c.key != "verdict"]
+    elif "verdict" not in [c.key for c in shown]:
+        shown.append(parse_column("verdict", monitor))  # among newer runs, such a run's cell is blank
+    saved = _unique([*shown, *(parse_column(c, monitor) for c in default_columns(monitor))])
 
     def label(run: Run) -> str:
         if with_names:
             return f"{run.path.parent.name}/{run.path.name}"
         return ",".join(f"{a}={run.value(a)}" for a in axes) or run.path.name
 
-    rows = sorted((_row(label(r), {a: r.value(a) for a in axes}, [r], monitor) for r in runs), key=rank)
-    groups = None
-    if SEED_AXIS in axes:
-        others = [a for a in axes if a != SEED_AXIS]
-        by_values: dict[tuple, list[Run]] = {}
-        for run in runs:
-            by_values.setdefault(tuple(run.value(a) for a in others), []).append(run)
-        groups = sorted(
-            (
-                _row(
-                    ",".join(f"{a}={v}" for a, v in zip(others, values)) or "all seeds", dict(zip(others, values)), group, monitor
-                )
-                for values, group in by_values.items()
-            ),
-            key=rank,
-        )
-    return Summary(rows, groups, axes, monitor, mode, out_dir, read_yaml(out_dir / "optimization_results.yaml"))
+    rows = sorted((_row(label(r), {a: r.value(a) for a in axes}, [r], saved, rank) for r in runs), key=_ranker(mode))
+    groups = _seed_groups(runs, axes, saved, rank, mode) if SEED_AXIS in axes else None
+    texts = {c.csv for c in saved if any(isinstance(v, str) for row in rows for v in row.cells[c.csv])}
+    finished = [r for r in runs if r.status in FINISHED]
+    missing = [c.key for c in shown if c.key != "verdict" and finished and all(c.value(r) is None for r in finished)]
+    search = read_yaml(out_dir / "optimization_results.yaml")
+    return Summary(rows, groups, axes, monitor, mode, out_dir, search, rank, shown, saved, texts, missing)
 
 
-def _row(name: str, values: dict, runs: list[Run], monitor: str) -> Row:
+def _seed_groups(runs: list[Run], axes: list[str], columns: list[Column], rank: Column, mode: str) -> list[Row]:
+    """The runs that differ only by seed, one row each, ranked by the mean."""
+    others = [a for a in axes if a != SEED_AXIS]
+    by_values: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_values.setdefault(tuple(run.value(a) for a in others), []).append(run)
+    groups = []
+    for values, group in by_values.items():
+        name = ",".join(f"{a}={v}" for a, v in zip(others, values)) or "all seeds"
+        groups.append(_row(name, dict(zip(others, values)), group, columns, rank))
+    return sorted(groups, key=_ranker(mode))
+
+
+def _mode_for(key: str) -> str:
+    return "min" if "loss" in key.rsplit("/", 1)[-1] else "max"
+
+
+def _unique(columns: list[Column]) -> list[Column]:
+    seen: dict[str, Column] = {}
+    for column in columns:
+        seen.setdefault(column.csv, column)
+    return list(seen.values())
+
+
+def _row(name: str, values: dict, runs: list[Run], columns: list[Column], rank: Column) -> Row:
     row = Row(name, values, runs)
-    for run in row.finished:
-        m = run.metrics
-        best, test = m.get("best", {}), m.get("test", {})
-        row.objective.append(float_or_nan(best.get(monitor)))
-        row.best_epoch.append(float_or_nan(best.get("epoch")))
-        row.test_accuracy.append(float_or_nan(test.get("accuracy")))
-        row.test_f1.append(float_or_nan(test.get("f1")))
+    for column in columns:
+        row.cells[column.csv] = [column.value(run) for run in row.finished]
     for run in row.runs:
         row.epochs.append(float_or_nan(run.metrics.get("epochs_completed", 0)))
         row.time_s.append(float_or_nan(run.metrics.get("wall_time_s")))
+    row.score = _mean(_numbers(row.cells[rank.csv]))
     return row
+
+
+def _numbers(values: list) -> list[float]:
+    return [float_or_nan(v) for v in values if v is not None and not isinstance(v, str | bool)]
 
 
 def _ranker(mode: str):
@@ -158,12 +253,15 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def _fmt(values: list[float], digits: int = 4, spread: bool = True) -> str:
+def _fmt(values: list[float], digits: int | None = 4, spread: bool = True) -> str:
+    """Mean (± std over several values) with `digits` decimals; digits None: 4 significant digits (an lr of 1e-05)."""
     mean, std = _mean(values), _std(values)
     if math.isnan(mean):
         return "-"
-    text = f"{mean:.{digits}f}"
-    return f"{text} ± {std:.{digits}f}" if spread and not math.isnan(std) else text
+    text = f"{mean:.4g}" if digits is None else f"{mean:.{digits}f}"
+    if not spread or math.isnan(std):
+        return text
+    return f"{text} ± {std:.4g}" if digits is None else f"{text} ± {std:.{digits}f}"
 
 
 def _short(value: str) -> str:
@@ -183,35 +281,36 @@ def _fmt_time(values: list[float]) -> str:
 
 
 def table_cells(summary: Summary, rows: list[Row], grouped: bool, with_names: bool):
-    """The header and the rows of text of a summary table (console, markdown)."""
+    """The header and the rows of text of a summary table (console, markdown). With the best epoch shown, its
+    cell holds the epochs run too (`7/10`: best at 7 of 10), one column narrower."""
     axes = [a for a in summary.axes if not (grouped and a == SEED_AXIS)]
+    with_epochs = "epoch" not in [c.key for c in summary.shown]
     header = [
         "",
         *(["run"] if with_names else []),
         *axes,
         *(["seeds"] if grouped else []),
-        f"best {summary.monitor}",
-        "epoch",
-        "test acc",
-        "test f1",
-        "epochs",
+        *(c.header for c in summary.shown),
+        *(["epochs"] if with_epochs else []),
         "time",
         "status",
     ]
+    digits = {c.csv: _digits(c, summary.rows) for c in summary.shown}
     best = rows[0] if rows and not math.isnan(rows[0].score) else None
     body = []
     for row in rows:
+        epochs = _fmt(row.epochs, 0, spread=False)
+        cells = {c.csv: _cell(row.cells[c.csv], digits[c.csv], c.csv in summary.texts) for c in summary.shown}
+        if not with_epochs:
+            cells["best_epoch"] += f"/{epochs}"
         body.append(
             [
                 "*" if row is best else "",
                 *([row.name] if with_names else []),
                 *[_short(row.values.get(a, "")) for a in axes],
                 *([str(len(row.runs))] if grouped else []),
-                _fmt(row.objective),
-                _fmt(row.best_epoch, 0, spread=False),
-                _fmt(row.test_accuracy),
-                _fmt(row.test_f1),
-                _fmt(row.epochs, 0, spread=False),
+                *cells.values(),
+                *([epochs] if with_epochs else []),
                 _fmt_time(row.time_s),
                 row.status,
             ]
@@ -219,23 +318,56 @@ def table_cells(summary: Summary, rows: list[Row], grouped: bool, with_names: bo
     return header, body
 
 
+def _digits(column: Column, rows: list[Row]) -> int | None:
+    """Decimals for a column: 4 for metrics, none for counts (epoch, parameters.total), else 4 significant digits."""
+    if column.key == "epoch":
+        return 0
+    if column.key.startswith(("train/", "val/", "test/")):
+        return 4
+    numbers = [v for row in rows for v in _numbers(row.cells.get(column.csv, [])) if math.isfinite(v)]
+    return 0 if numbers and all(v.is_integer() for v in numbers) else None
+
+
+def _cell(values: list, digits: int | None, text: bool) -> str:
+    """A group's values: numbers as mean ± std, texts as they are (`2 overfitting, 1 good_fit` when they differ)."""
+    if text:
+        return _counted([str(v) for v in values if v is not None and v != ""])
+    return _fmt(_numbers(values), digits, spread=digits != 0)
+
+
+def _counted(texts: list[str]) -> str:
+    counts = {t: texts.count(t) for t in dict.fromkeys(texts)}
+    if len(counts) <= 1:
+        return next(iter(counts), "")
+    return ", ".join(f"{n} {t}" for t, n in counts.items())
+
+
 def print_summary(summary: Summary, title: str, with_names: bool, logdir: Path) -> None:
     console = Console()
     grouped = summary.groups is not None
     header, body = table_cells(summary, summary.ranked, grouped, with_names and not grouped)
+    numeric = {"seeds", "epochs", "time", *(c.header for c in summary.shown if c.csv not in summary.texts)}
+    texts = [i for i, name in enumerate(header) if name not in numeric and i > 0]
+    width = console.rich.width if console.tty else shutil.get_terminal_size().columns
+    heads, body, cut = fit_table(header, body, width, texts)
     if console.tty:
-        table = Table(title=escape(title), title_justify="left")
-        numeric = {"seeds", f"best {summary.monitor}", "epoch", "test acc", "test f1", "epochs", "time"}
-        for name in header:
-            table.add_column(escape(name), justify="right" if name in numeric else "left")
+        # No borders, two spaces between columns: the width fit_table counted. Numbers never wrap.
+        table = Table(
+            title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
+        )
+        for i, lines in enumerate(zip(*heads)):
+            name = escape("\n".join(line for line in lines if line))
+            table.add_column(name, justify="left" if i in texts else "right", no_wrap=i not in texts, overflow="fold")
         for cells in body:  # values such as [50,50] are text, not rich markup
             table.add_row(*map(escape, cells), style="bold green" if cells[0] == "*" else None)
+        # wider than the terminal even so: lines that wrap, rather than columns that vanish
+        console.rich.width = max(width, _line_width([*heads, *body]))
         console.rich.print(table)
     else:
         print(title)
-        print(plain_table(header, body), flush=True)
-    lines = []
-    if grouped and summary.failed:
+        print(plain_table(heads[0], [*heads[1:], *body]), flush=True)
+    lines = [f"note: no run has {key} (a column that names nothing shows -)" for key in summary.missing]
+    if summary.failed and (grouped or cut):  # the reasons in full, where the table has none or cut them
         lines += ["not finished:", *[f"  {row.name}: {row.status}" for row in summary.failed]]
     if summary.search and "best_params" in summary.search:
         lines.append(f"optuna best parameters: {_params(summary.search)}")
@@ -243,6 +375,67 @@ def print_summary(summary: Summary, title: str, with_names: bool, logdir: Path) 
     lines.append(f"open them with: tensorboard --logdir {logdir}")
     for line in lines:
         print(line, flush=True)
+
+
+MIN_CELL = 16  # a cut text cell keeps at least this many characters (a verdict, still_improving, is never cut)
+
+
+def fit_table(header: list[str], body: list[list[str]], width: int, texts: list[int]):
+    """A plain table that fits `width` where it can: a header wider than its column's values on two lines
+    (`train/loss` over `(last)`), then long text cells (run names, values, a failure's reason) cut with "…", the
+    widest first; numbers are never cut. Returns (the header lines, the body, whether a status, the last column,
+    was cut)."""
+    heads = [header]
+    if _line_width([header, *body]) > width:
+        values = [max((len(cells[i]) for cells in body), default=0) for i in range(len(header))]
+        two = [_split_header(name) if len(name) > values[i] else (name, "") for i, name in enumerate(header)]
+        if any(bottom for _, bottom in two):
+            heads = [[top for top, _ in two], [bottom for _, bottom in two]]
+    widths = [max(len(cell) for cell in column) for column in zip(*heads, *body)]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    while excess > 0:
+        candidates = [i for i in texts if widths[i] > MIN_CELL]
+        if not candidates:
+            break
+        i = max(candidates, key=lambda c: (widths[c], c))
+        widths[i] -= 1
+        excess -= 1
+    heads = [[_cut_header(name, widths[i]) if i in texts else name for i, name in enumerate(line)] for line in heads]
+    cut = [[_cut(cell, widths[i]) if i in texts else cell for i, cell in enumerate(cells)] for cells in body]
+    last = len(widths) - 1
+    return heads, cut, last in texts and any(len(cells[last]) > widths[last] for cells in body)
+
+
+def _line_width(lines: list[list[str]]) -> int:
+    return sum(max(len(cell) for cell in column) for column in zip(*lines)) + 2 * (len(lines[0]) - 1)
+
+
+def _split_header(name: str) -> tuple[str, str]:
+    """`train/loss (last)` -> (`train/loss`, `(last)`), `best val/f1` -> (`best`, `val/f1`), `optimizer.momentum` ->
+    (`optimizer.`, `momentum`)."""
+    if " " in name:
+        top, bottom = name.rsplit(" ", 1)
+        return top, bottom
+    if "." in name.strip("."):
+        top, bottom = name.rsplit(".", 1)
+        return top + ".", bottom
+    return name, ""
+
+
+def _cut(text: str, width: int) -> str:
+    """A run's path keeps its start and its end (the job's values); other texts their start."""
+    if len(text) <= width:
+        return text
+    if "/" in text:
+        head = (width - 1) // 3
+        return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+    return text[: width - 1] + "…"
+
+
+def _cut_header(name: str, width: int) -> str:
+    if len(name) > width and "." in name:
+        name = name.rsplit(".", 1)[-1]
+    return _cut(name, width)
 
 
 def _params(search: dict) -> str:
@@ -257,10 +450,18 @@ def write_summary(summary: Summary, title: str, with_names: bool) -> None:
     header, rows = job_rows(summary)
     write_csv(out / "summary.csv", header, rows)
     failed = [row.name for row in summary.failed]
-    records = [_record(header, cells) for cells in rows]
+    numeric = {"epochs", "wall_time_s", *(c.csv for c in summary.saved if c.csv not in summary.texts)}
+    records = [_record(header, cells, numeric) for cells in rows]
     write_json(
         out / "summary.json",
-        {"title": title, "monitor": summary.monitor, "mode": summary.mode, "failed": failed, "rows": records},
+        {
+            "title": title,
+            "monitor": summary.monitor,
+            "rank_by": summary.rank.csv if summary.rank else f"best_{summary.monitor}",
+            "mode": summary.mode,
+            "failed": failed,
+            "rows": records,
+        },
     )
     write_text(out / "summary.md", summary_markdown(summary, title, with_names))
     save_figure(curves_figure(summary), out / "curves.png")
@@ -268,28 +469,21 @@ def write_summary(summary: Summary, title: str, with_names: bool) -> None:
 
 def job_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """The header and the rows of summary.csv: one row per job, every digit kept."""
-    header = [
-        "run",
-        *summary.axes,
-        f"best_{summary.monitor}",
-        "best_epoch",
-        "test/accuracy",
-        "test/f1",
-        "epochs",
-        "wall_time_s",
-        "status",
-        "error",
-        "path",
-    ]
+    header = ["run", *summary.axes, *(c.csv for c in summary.saved), "epochs", "wall_time_s", "status", "error", "path"]
     rows = []
     for row in summary.rows:
         run = row.runs[0]
-        numbers = [row.objective, row.best_epoch, row.test_accuracy, row.test_f1, row.epochs, row.time_s]
+        cells = [
+            _counted([str(v) for v in row.cells[c.csv] if v]) if c.csv in summary.texts else _csv(_numbers(row.cells[c.csv]))
+            for c in summary.saved
+        ]
         rows.append(
             [
                 row.name,
                 *[row.values[a] for a in summary.axes],
-                *map(_csv, numbers),
+                *cells,
+                _csv(row.epochs),
+                _csv(row.time_s),
                 run.status,
                 run.metrics.get("error", ""),
                 os.path.relpath(run.path, summary.out_dir),
@@ -299,10 +493,11 @@ def job_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
 
 
 def summary_markdown(summary: Summary, title: str, with_names: bool) -> str:
+    order = "lowest" if summary.mode == "min" else "highest"
     parts = [
         f"# {title}",
         "",
-        f"Objective: {summary.monitor} ({summary.mode}imize), best marked *. Jobs: {len(summary.rows)}, "
+        f"Ranked by {summary.rank_name}, {order} first; the top row is marked *. Jobs: {len(summary.rows)}, "
         f"not finished: {len(summary.failed)}. A failed job's traceback is in its log file.",
         "",
     ]
@@ -315,11 +510,11 @@ def summary_markdown(summary: Summary, title: str, with_names: bool) -> str:
     return "\n".join(parts)
 
 
-def _record(header: list[str], cells: list[str]) -> dict:
+def _record(header: list[str], cells: list[str], numeric: set[str]) -> dict:
     """A summary.csv row as JSON: numbers as numbers, the swept values as the text the overrides gave."""
     record = dict(zip(header, cells))
-    for key in header[-9:-3]:  # the objective, best epoch, test accuracy and F1, epochs and wall time
-        record[key] = float(record[key]) if record[key] else None
+    for key in numeric:
+        record[key] = float(record[key]) if record.get(key) else None
     return record
 
 
@@ -379,8 +574,11 @@ def curves_figure(summary: Summary):
     return fig
 
 
-def summarize(paths: list[Path], out_dir: Path, what: str = "runs") -> Summary:
-    """The summary over every run in `paths` (run or sweep directories), printed and written to `out_dir`."""
+def summarize(
+    paths: list[Path], out_dir: Path, what: str = "runs", choice: SummaryChoice | None = None, strict: bool = False
+) -> Summary:
+    """The summary over every run in `paths` (run or sweep directories), printed and written to `out_dir`.
+    `strict`: a chosen column that no finished run has is an error (`dlrun compare`), not a note (a sweep's end)."""
     run_dirs: list[Path] = []
     for path in paths:
         run_dirs += [p for p in find_runs(Path(path)) if p not in run_dirs]
@@ -389,9 +587,35 @@ def summarize(paths: list[Path], out_dir: Path, what: str = "runs") -> Summary:
     # Within one sweep the swept values name the rows; runs from anywhere else are named by their path too.
     parents = {p.parent for p in run_dirs}
     with_names = len(parents) > 1 or not (parents.pop() / "multirun.yaml").is_file()
-    summary = build_summary([Run.load(p) for p in run_dirs], Path(out_dir), with_names)
-    title = f"{len(run_dirs)} {what} in {', '.join(map(str, paths))}, ranked by {summary.monitor}"
+    runs = [Run.load(p) for p in run_dirs]
+    summary = build_summary(runs, Path(out_dir), with_names, choice)
+    if strict and summary.missing:
+        raise DlrunError(_missing_message(summary.missing, runs))
+    order = "lowest" if summary.mode == "min" else "highest"
+    title = f"{len(run_dirs)} {what} in {', '.join(map(str, paths))}, ranked by {summary.rank_name}, {order} first"
     # TensorBoard over the runs' closest common folder shows them overlaid.
     print_summary(summary, title, with_names, Path(os.path.commonpath([str(p) for p in run_dirs])))
     write_summary(summary, title, with_names)
     return summary
+
+
+def _missing_message(missing: list[str], runs: list[Run]) -> str:
+    known = set()
+    for run in runs:
+        known |= {k for row in run.history for k in row}
+        known |= {f"test/{k}" for k in run.metrics.get("test") or {}} | set(run.metrics.get("best") or {})
+    hints = "".join(did_you_mean(key, known) for key in missing[:1])
+    return f"no run has {', '.join(missing)}{hints} (columns: val/<metric>, test/<metric>, train/<metric>@last, verdict...)"
+
+
+def saved_choice(paths: list[Path]) -> SummaryChoice:
+    """What the sweeps among `paths` ranked by and showed (their multirun.yaml), when they agree."""
+    found = set()
+    for path in paths:
+        saved = read_yaml(Path(path) / "multirun.yaml")
+        if not isinstance(saved, dict):
+            continue
+        conf = ((saved.get("hydra") or {}).get("callbacks") or {}).get("sweep_summary") or {}
+        columns = conf.get("columns")
+        found.add((conf.get("rank_by"), conf.get("mode"), tuple(columns) if isinstance(columns, list) and columns else None))
+    return SummaryChoice(*found.pop()) if len(found) == 1 else SummaryChoice()
