@@ -37,8 +37,14 @@ test-fast: lint ## the tests that do not start dlrun in a subprocess
 bench: install ## speed and memory benchmarks on real MNIST (set DATA_ROOT, default ../shared/data)
 	$(BIN)/python scripts/bench.py --data-root $(DATA_ROOT)
 
-tb: install ## TensorBoard over outputs/
-	$(BIN)/tensorboard --logdir outputs
+# Plain `=`, not `?=`: a HOST or PORT exported by the shell (csh sets HOST to the machine's name) must not
+# open TensorBoard to the network; `make tb HOST=0.0.0.0 PORT=6007 LOGDIR=outputs/runs` still overrides.
+# TensorBoard keeps 10 images a tag unless told; 10000 keeps every epoch's. Not 0: TensorBoard 2.21 then shows none.
+tb: HOST = 127.0.0.1
+tb: PORT = 6006
+tb: LOGDIR = outputs
+tb: install ## TensorBoard over LOGDIR (outputs) at HOST:PORT (127.0.0.1:6006), keeping every epoch's images
+	$(BIN)/tensorboard --logdir $(LOGDIR) --host $(HOST) --port $(PORT) --samples_per_plugin images=10000,pr_curves=10000
 
 clean: ## remove runs, build files and caches (keeps .venv)
 	rm -rf outputs/runs outputs/sweeps outputs/multirun build dist *.egg-info .pytest_cache .hypothesis

@@ -11,7 +11,9 @@ from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dlrun
+from dlrun.app.eval_cmd import evaluate_checkpoint
 from dlrun.config.schema import METRIC_NAMES
+from dlrun.core.errors import ConfigError
 from dlrun.data import load_data, make_loaders
 from dlrun.engine import checkpoint
 from dlrun.engine.build import make_model
@@ -129,3 +131,20 @@ def test_a_wide_mlp_without_regularisation_overfits_digits(tmp_path):
     assert diagnosis["verdict"] == "overfitting", diagnosis
     val_losses = [row["val/loss"] for row in run.history]
     assert diagnosis["epoch"] == 1 + val_losses.index(min(val_losses))
+
+
+def test_eval_scores_a_binary_run_at_a_chosen_threshold(moons_run):
+    run, _ = moons_run
+    saved = run.metrics["threshold"]
+    result = evaluate_checkpoint(run.run_dir, device="cpu", threshold=saved["best_f1"])
+    assert result["threshold"]["default"] == pytest.approx(saved["at_0.5"], abs=1e-6)
+    assert result["threshold"]["chosen"] == pytest.approx(saved["at_best"], abs=1e-6)
+    low = evaluate_checkpoint(run.run_dir, device="cpu", threshold=0.05)["threshold"]["chosen"]
+    assert low["recall"] >= saved["at_0.5"]["recall"] and low["precision"] <= saved["at_0.5"]["precision"]
+
+
+def test_eval_refuses_a_threshold_for_ten_classes(digits_run):
+    run, _ = digits_run
+    with pytest.raises(ConfigError) as err:
+        evaluate_checkpoint(run.run_dir, device="cpu", threshold=0.3)
+    assert str(err.value) == "threshold=0.3: applies to two-class tasks; this model has 10 classes"

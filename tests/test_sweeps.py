@@ -1,5 +1,6 @@
 """Sweeps as a user runs them: `dlrun train -m` over a grid, a failing job, a resumed sweep, the joblib,
-submitit and optuna plugins, and `dlrun compare`. Every job trains one epoch of a 16-unit MLP on digits."""
+submitit and optuna plugins, a course experiment, and `dlrun compare` over sweeps. Every job trains one or two
+epochs of a small MLP on digits or the spiral set."""
 
 import csv
 import json
@@ -15,7 +16,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 from test_train_run import finished_run
 
-from dlrun.results.summary import summarize
+import dlrun
+from dlrun.app.callbacks import SweepSummary
+from dlrun.app.compare_cmd import main as compare
+from dlrun.results.summary import parse_column, summarize
 
 # A user's own experiment bundle (`--config-dir`): `experiment` is left out of job directory names,
 # so a job's directory is named by the swept values alone.
@@ -35,6 +39,10 @@ def configs(tmp_path_factory) -> Path:
     return root
 
 
+# A terminal wide enough for every column on one line; test_compare checks the table in 80 columns.
+WIDE = {"COLUMNS": "250"}
+
+
 def dlrun_sweep(configs: Path, cwd: Path, sweep_dir: Path, *overrides: str, check: bool = True):
     return run_dlrun(
         "train",
@@ -46,6 +54,7 @@ def dlrun_sweep(configs: Path, cwd: Path, sweep_dir: Path, *overrides: str, chec
         f"hydra.sweep.dir={sweep_dir}",
         cwd=cwd,
         check=check,
+        env=WIDE,
     )
 
 
@@ -66,8 +75,9 @@ def table_lines(stdout: str, title_start: str) -> list[str]:
     """The plain summary table printed at the end: header and one line per row."""
     lines = stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line.startswith(title_start))
-    end = next(i for i in range(start, len(lines)) if lines[i].startswith("summary: "))
-    return [line for line in lines[start + 1 : end] if not line.startswith(("not finished", "optuna best"))]
+    after = ("summary: ", "not finished", "optuna best", "note: ")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(after))
+    return lines[start + 1 : end]
 
 
 def assert_png(path: Path):
@@ -86,7 +96,8 @@ def assert_png(path: Path):
 def grid(configs, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("grid")
     sweep_dir = cwd / "outputs" / "sweeps" / "grid"
-    proc = dlrun_sweep(configs, cwd, sweep_dir, "optimizer.momentum=0,0.5", "model.dropout=0,0.2")
+    # optimizer.lr is the same in every job: the swept values alone name the jobs
+    proc = dlrun_sweep(configs, cwd, sweep_dir, "optimizer.momentum=0,0.5", "optimizer.lr=0.05", "model.dropout=0,0.2")
     return sweep_dir, proc
 
 
@@ -104,6 +115,7 @@ def test_grid_runs_one_job_per_combination_named_by_its_values(grid):
         values = dict(item.split("=") for item in name.split(","))
         assert config["model"]["dropout"] == float(values["model.dropout"])
         assert config["optimizer"]["momentum"] == float(values["optimizer.momentum"])
+        assert config["optimizer"]["lr"] == 0.05
 
 
 @pytest.mark.slow
@@ -125,25 +137,20 @@ def test_grid_summary_table_files_and_plot(grid):
         assert float(row["optimizer.momentum"]) == float(values["optimizer.momentum"])
         assert float(row["model.dropout"]) == float(values["model.dropout"])
         assert row["status"] == "completed"
+        assert row["verdict"] == m["diagnosis"]["verdict"]
+        assert "optimizer.lr" not in row, "a value every job shares is no column"
 
-    # The console table: swept values, objective, epoch, test metrics, epochs, time, status; best marked.
+    # The console table: swept values, objective, the best epoch of the epochs run, test metrics, the verdict,
+    # time, status; best marked.
     header, *body = table_lines(proc.stdout, "4 jobs in")
-    for column in (
-        "optimizer.momentum",
-        "model.dropout",
-        "best val/f1",
-        "epoch",
-        "test acc",
-        "test f1",
-        "epochs",
-        "time",
-        "status",
-    ):
+    for column in ("optimizer.momentum", "model.dropout", "best val/f1", "best epoch", "test acc", "test f1", "verdict"):
         assert column in header
+    assert header.split()[-2:] == ["time", "status"]
     assert len(body) == 4
     assert body[0].startswith("*") and not any(line.startswith("*") for line in body[1:])
     best = rows[0]
     assert f"{float(best['best_val/f1']):.4f}" in body[0] and f"{float(best['test/accuracy']):.4f}" in body[0]
+    assert f" {int(float(best['best_epoch']))}/1 " in body[0] and f" {best['verdict']} " in body[0]
 
     markdown = (sweep_dir / "summary.md").read_text()
     assert markdown.count("| completed |") == 4 and "| * |" in markdown
@@ -219,6 +226,7 @@ def test_a_failing_job_does_not_stop_the_others(failed_sweep):
     assert list(rows)[-1] == "1.5", "the failed job sorts last"
     failed_line = next(line for line in table_lines(proc.stdout, "3 jobs in") if line.split()[0] == "1.5")
     assert failed_line.endswith(f"failed: {failed['error']}")
+    assert " - " in failed_line and "completed" not in failed_line, "no metric, no verdict"
 
 
 @pytest.mark.slow
@@ -257,10 +265,11 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_reruns_the_rest(configs, fail
 @needs_module("hydra_plugins.hydra_joblib_launcher", "cluster")
 def test_joblib_runs_two_jobs_in_parallel_and_seeds_are_grouped(configs, tmp_path):
     sweep_dir = tmp_path / "S"
-    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
+    overrides = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2", "optimizer.lr=0.05")
+    proc = dlrun_sweep(configs, tmp_path, sweep_dir, *overrides)
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout
     jobs = job_dirs(sweep_dir)
-    assert set(jobs) == {"seed=1", "seed=2"}
+    assert set(jobs) == {"seed=1", "seed=2"}, "named in the worker processes by the swept value alone"
     # The event file's name ends with the writer's process id: two worker processes, neither this one.
     pids = {re.search(r"\.(\d+)\.\d+$", next(j.glob("events.out.tfevents.*")).name).group(1) for j in jobs.values()}
     assert len(pids) == 2
@@ -293,12 +302,15 @@ def test_optuna_search_returns_objectives_and_stores_the_best(configs, tmp_path)
     import optuna
 
     sweep_dir = tmp_path / "S"
-    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    overrides = ("hparams_search=optuna", "hydra.sweeper.n_trials=3", "optimizer.weight_decay=0.0001")
+    proc = dlrun_sweep(configs, tmp_path, sweep_dir, *overrides)
     jobs = job_dirs(sweep_dir)
     assert len(jobs) == 3
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     searched = {"optimizer.lr", "optimizer.momentum", "model.dropout", "trainer.batch_size"}
     assert set(results["best_params"]) == searched
+    for name in jobs:  # each trial is named by the values searched, not by the weight decay all trials share
+        assert {item.split("=")[0] for item in name.split(",")} == searched, name
     objectives = [metrics(j)["best"]["val/f1"] for j in jobs.values()]
     assert results["best_value"] == pytest.approx(max(objectives))
 

@@ -4,8 +4,9 @@ run records, and a sweep's experiment, which decides the HParams columns and met
 TensorBoard's HParams plugin takes its columns from an `_hparams_/experiment` summary when some run has one
 (the first it finds), else it computes them from every run's session start info, marking the hyperparameters
 whose values differ; it lists those first and ticks the first five columns and the first five metrics. So a run
-writes only its session start and end, and a sweep, once its jobs are done, writes one experiment at its root:
-the jobs' hyperparameters with `differs` set, and the metrics in HPARAM_METRICS order.
+writes only its session start and end, and a sweep, once its jobs are done, writes one experiment:
+the jobs' hyperparameters with `differs` set, and the metrics in HPARAM_METRICS order, into one job's
+directory (so that the sweep stays one run per job).
 
 Nothing here imports torch: a sweep's callback writes the experiment without it."""
 
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto import types_pb2
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -82,7 +83,8 @@ def _metric_category(metric: str) -> layout_pb2.Category:
     ]
     # Last in its category: the dashboard places margin charts after the multi-line ones whatever the order.
     series = layout_pb2.MarginChartContent.Series(value=f"val/{metric}", lower=f"train/{metric}", upper=f"val/{metric}")
-    gap = layout_pb2.Chart(title=f"{metric}: val (line) vs train (edge of the band)", margin=layout_pb2.MarginChartContent(series=[series]))
+    title = f"{metric}: val (line) vs train (edge of the band)"
+    gap = layout_pb2.Chart(title=title, margin=layout_pb2.MarginChartContent(series=[series]))
     return layout_pb2.Category(title=f"{metric} per epoch", chart=[*splits, gap], closed=metric not in OPEN_METRICS)
 
 
@@ -192,20 +194,19 @@ def read_session_hparams(run_dir: Path) -> dict | None:
 
 
 def write_sweep_experiment(sweep_dir: Path, metric_tags: Sequence[str] = HPARAM_METRICS) -> Path | None:
-    """Write the experiment over the jobs below `sweep_dir` into an event file at its root (replacing an
-    earlier one), so that `tensorboard --logdir <sweep dir>` lists the swept keys first. None without jobs."""
+    """Write the experiment over the jobs below `sweep_dir`, replacing an earlier one; None without jobs.
+
+    It goes into the first job's directory, not the sweep's root: an event file there would make the root
+    one more run in TensorBoard's run lists."""
     sweep_dir = Path(sweep_dir)
-    sessions = []
-    for events in sorted(sweep_dir.rglob("events.out.tfevents.*")):
-        if events.parent != sweep_dir and events.parent not in {s[0] for s in sessions}:
-            found = read_session_hparams(events.parent)
-            if found is not None:
-                sessions.append((events.parent, found))
+    for old in sweep_dir.rglob(f"events.out.tfevents.*{SWEEP_EXPERIMENT_SUFFIX}"):
+        old.unlink()
+    jobs = sorted({p.parent for p in sweep_dir.rglob("events.out.tfevents.*")})
+    sessions = {job: found for job in jobs if (found := read_session_hparams(job)) is not None}
     if not sessions:
         return None
-    for old in sweep_dir.glob(f"events.out.tfevents.*{SWEEP_EXPERIMENT_SUFFIX}"):
-        old.unlink()
-    writer = EventFileWriter(str(sweep_dir), filename_suffix=SWEEP_EXPERIMENT_SUFFIX)
-    writer.add_event(Event(wall_time=time.time(), summary=sweep_experiment([s[1] for s in sessions], metric_tags)))
+    home = next(iter(sessions))
+    writer = EventFileWriter(str(home), filename_suffix=SWEEP_EXPERIMENT_SUFFIX)
+    writer.add_event(Event(wall_time=time.time(), summary=sweep_experiment(list(sessions.values()), metric_tags)))
     writer.close()
-    return Path(writer._file_name)
+    return max(home.glob(f"events.out.tfevents.*{SWEEP_EXPERIMENT_SUFFIX}"))

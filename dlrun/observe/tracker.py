@@ -170,9 +170,10 @@ class Tracker:
         self._log_curves(readings, writer, epoch)
         if readings.get("most_confused"):
             writer.add_text("test/most_confused", confusions_markdown(readings["most_confused"][:5]), epoch)
-        picture = figures.render(figures.confusion_figure(cm, self.classes, "test"))
-        writer.add_image("test/confusion_matrix", picture, epoch, dataformats="HWC")
-        figures.save_png(picture, self.run_dir / "confusion_matrix.png")
+        # TensorBoard's card is ~350 px wide: the counts alone there; the PNG has the row-normalised view beside them.
+        card = figures.render(figures.confusion_figure(cm, self.classes, "test", normalized_too=False))
+        writer.add_image("test/confusion_matrix", card, epoch, dataformats="HWC")
+        figures.save_figure(figures.confusion_figure(cm, self.classes, "test"), self.run_dir / "confusion_matrix.png")
         write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
         header, rows = classification_report(cm, self.classes)
         write_csv(self.run_dir / "classification_report.csv", header, rows)
