@@ -82,7 +82,7 @@ def run(cfg, ctx: RunContext) -> float:
         )
         return resumed["best"]["value"]
     state = resume(cfg, parts, resumed, console, ctx.run_dir)
-    tracker = open_tracker(cfg, parts, ctx.run_dir, resumed)
+    tracker = open_tracker(cfg, parts, ctx, resumed)
     announce(cfg, parts, console, ctx.run_dir)
     if not resumed:
         save_last(cfg, parts, state, tracker, ctx, epoch=0, history=[], stop=False)  # a first epoch stopped can resume
@@ -135,10 +135,10 @@ def resume(cfg, parts: Parts, resumed: dict | None, console: Console, run_dir: P
     return LoopState.resumed(cfg.trainer.mode, resumed, cfg.trainer.epochs)
 
 
-def open_tracker(cfg, parts: Parts, run_dir: Path, resumed: dict | None) -> Tracker:
+def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tracker:
     total, trainable = count_parameters(parts.built.model)
     info = {
-        "run_dir": str(run_dir),
+        "run_dir": str(ctx.run_dir),
         "model": type(parts.built.model).__name__,
         "dataset": cfg.dataset.name,
         "device": str(parts.device),
@@ -149,7 +149,7 @@ def open_tracker(cfg, parts: Parts, run_dir: Path, resumed: dict | None) -> Trac
         "monitor": cfg.trainer.monitor,
         **({"resumed_from": {"epoch": resumed["epoch"], "step": resumed["step"]}} if resumed else {}),
     }
-    tracker = Tracker(run_dir, cfg, parts.data.classes, info=info, resume=resumed)
+    tracker = Tracker(ctx.run_dir, cfg, parts.data.classes, info=info, resume=resumed, overrides=ctx.overrides)
     if not resumed:
         tracker.log_graph(parts.built.model, torch.zeros(1, *parts.data.in_shape, device=parts.device))
     return tracker

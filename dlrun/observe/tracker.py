@@ -8,32 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 from dlrun.config.schema import METRIC_NAMES
 from dlrun.core import ranks
 from dlrun.core.io import write_csv, write_json
-from dlrun.core.nested import flatten
-from dlrun.observe import figures
+from dlrun.observe import dashboards, figures
 from dlrun.observe.tables import classification_report, markdown_table, write_confusion_csv
 
 log = logging.getLogger(__name__)
 
-HPARAM_METRICS = [f"{split}/{m}" for split in ("test", "val") for m in ("accuracy", "f1", "loss")]
-
-
-def hparam_values(cfg) -> dict:
-    """The config flattened to dotted keys, with values TensorBoard's HParams accepts (bool, number, text)."""
-    values = flatten({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "logging"})
-    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
-
-
 class Tracker:
-    def __init__(self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None):
-        """`resume`: last.pt's state when continuing a run (its history, step and wall time so far)."""
+    def __init__(
+        self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None, overrides: list[str] = ()
+    ):
+        """`resume`: last.pt's state when continuing a run (its history, step and wall time so far);
+        `overrides`: the command line's, so that HParams shows a swept key even at its default value."""
         self.run_dir = Path(run_dir)
         self.classes = classes
         self.history: list[dict] = list(resume["history"]) if resume else []
@@ -52,17 +43,15 @@ class Tracker:
             self._relog_missing_epochs()
             finished = resume["epoch"] >= cfg.trainer.epochs or resume.get("stopped")
             self.test_logged = bool(finished) and self.writes and _has_tag(self.run_dir, "test/loss")
-        self.writer.add_custom_scalars(
-            {
-                "Learning curves (train vs val)": {m: ["Multiline", [f"train/{m}", f"val/{m}"]] for m in METRIC_NAMES},
-            }
-        )
+        self.writer.file_writer.add_summary(dashboards.custom_scalars_summary(METRIC_NAMES))
         if cfg.logging.hparams:
             # Written into this run's own event file (not add_hparams, which makes a new
             # timestamped run) so that each run is one run in TensorBoard and in the HParams tab.
-            exp, ssi, sei = hparams(hparam_values(cfg), {m: 0.0 for m in HPARAM_METRICS})
+            # No experiment summary per run: TensorBoard then works out which values differ over all the
+            # runs it reads; a sweep writes one experiment for its jobs when it ends (dashboards.py says why).
+            ssi, sei = dashboards.session_summaries(cfg, overrides)
             self._session_end = sei
-            for summary in (exp, ssi) if not resume else ():  # the first session wrote them
+            for summary in (ssi,) if not resume else ():  # the first session wrote it
                 self.writer.file_writer.add_summary(summary)
         self.save_metrics()
 
