@@ -163,7 +163,7 @@ def test_tensorboard_overlays_the_jobs_and_lists_them_with_hparams(grid):
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 
     sweep_dir, _ = grid
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
@@ -192,7 +192,10 @@ def test_tensorboard_overlays_the_jobs_and_lists_them_with_hparams(grid):
         assert group.hparams["model.dropout"].number_value == float(values["model.dropout"])
         final = {mv.name.tag: mv.value for mv in group.metric_values}
         assert final["test/accuracy"] == pytest.approx(m["test"]["accuracy"], abs=1e-5)
-        assert final["val/f1"] == pytest.approx(m["best"]["val/f1"], abs=1e-5)  # one epoch: last is best
+        assert final["best/val/f1"] == pytest.approx(m["best"]["val/f1"], abs=1e-5)  # the best epoch's, not the last's
+    experiment = get_experiment.Handler(context.RequestContext(), hparams, "", api_pb2.GetExperimentRequest()).run()
+    ticked = [h.name for h in experiment.hparam_infos][:2]
+    assert sorted(ticked) == ["model.dropout", "optimizer.momentum"], "the swept keys come first"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ def test_joblib_runs_two_jobs_in_parallel_and_seeds_are_grouped(configs, tmp_pat
 @needs_module("hydra_plugins.hydra_submitit_launcher", "cluster")
 def test_submitit_local_executor(configs, tmp_path):
     sweep_dir = tmp_path / "S"
-    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hydra/launcher=submitit_local", "model.dropout=0,0.2")
+    proc = dlrun_sweep(configs, tmp_path, sweep_dir, "hydra/launcher=submitit_local", "model.dropout=0,0.2", "optimizer.lr=0.05")
     assert "Submitit 'local'" in proc.stdout
     assert set(job_dirs(sweep_dir)) == {"model.dropout=0", "model.dropout=0.2"}
     assert all(metrics(j)["status"] == "completed" for j in job_dirs(sweep_dir).values())
@@ -326,6 +329,52 @@ def test_optuna_search_returns_objectives_and_stores_the_best(configs, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------
+# A course experiment: its summary ranks by the number its lesson is about
+
+
+def last_train_loss(job: Path) -> float:
+    with open(job / "history.csv", newline="") as f:
+        return float(list(csv.DictReader(f))[-1]["train/loss"])
+
+
+@pytest.mark.slow
+def test_the_momentum_experiment_ranks_by_the_final_train_loss(tmp_path, capsys, monkeypatch):
+    sweep_dir = tmp_path / "S"
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal of 80 columns, the size of a pipe's
+    quiet = ("logging.confusion_matrix_every=0", "logging.graph=false", "logging.pr_curves=0")
+    rows = dlrun.sweep(
+        ["experiment=momentum", "optimizer.momentum=0,0.9", "trainer.epochs=2", *quiet, f"hydra.sweep.dir={sweep_dir}"]
+    )
+    jobs = job_dirs(sweep_dir)
+    assert set(jobs) == {"optimizer.momentum=0", "optimizer.momentum=0.9"}, "trainer.epochs=2 is every job's"
+
+    # Ranked by the last epoch's train loss, lowest first, as history.csv has it; the verdict beside it.
+    losses = [r["train/loss (last)"] for r in rows]
+    assert losses == sorted(losses)
+    for row in rows:
+        job = jobs[Path(row["path"]).name]
+        assert row["train/loss (last)"] == pytest.approx(last_train_loss(job), abs=1e-6)
+        assert row["verdict"] == metrics(job)["diagnosis"]["verdict"]
+    out = capsys.readouterr().out
+    assert "ranked by train/loss (last), lowest first" in out
+    table = table_lines(out, "2 jobs in")
+    assert all(len(line) <= 80 for line in table), "\n".join(table)
+    header, header2, *body = table  # long headers on two lines: optimizer. over momentum, train/loss over (last)
+    assert header.split()[:3] == ["optimizer.", "train/loss", "test"] and header2.split()[:3] == ["momentum", "(last)", "acc"]
+    assert body[0].startswith("*") and f"{losses[0]:.4f}" in body[0]
+
+    # `dlrun compare` over the sweep keeps the experiment's ranking, unless told another.
+    compare([str(sweep_dir)])
+    assert "ranked by train/loss (last), lowest first" in capsys.readouterr().out
+    compare([str(sweep_dir), "--rank-by", "val/loss@min", "--columns", "val/loss@min,test/f1_micro"])
+    again = summary_rows(sweep_dir)
+    minima = [float(r["val/loss (min)"]) for r in again]
+    assert minima == sorted(minima) and "train/loss (last)" not in again[0]
+    for row in again:
+        assert float(row["test/f1_micro"]) == pytest.approx(metrics(jobs[Path(row["path"]).name])["test"]["f1_micro"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
 # dlrun compare
 
 
@@ -333,7 +382,7 @@ def test_optuna_search_returns_objectives_and_stores_the_best(configs, tmp_path)
 def test_compare_two_single_runs_and_a_sweep(grid, tmp_path_factory, tmp_path):
     # The session's single runs of test_train_run: an MLP and a CNN, trained separately.
     mlp, cnn = (finished_run(name, tmp_path_factory).dir for name in ("mlp", "cnn"))
-    proc = run_dlrun("compare", str(mlp), str(cnn), "--out", "cmp", cwd=tmp_path)
+    proc = run_dlrun("compare", str(mlp), str(cnn), "--out", "cmp", cwd=tmp_path, env=WIDE)
     rows = {r["model"]: r for r in summary_rows(tmp_path / "cmp")}
     assert set(rows) == {"mlp", "cnn"}
     for run_dir in (mlp, cnn):
@@ -349,23 +398,13 @@ def test_compare_two_single_runs_and_a_sweep(grid, tmp_path_factory, tmp_path):
 
     # Single runs and a sweep's jobs in one table.
     sweep_dir, _ = grid
-    run_dlrun("compare", str(mlp), str(cnn), str(sweep_dir), "--out", "mixed", cwd=tmp_path)
+    run_dlrun("compare", str(mlp), str(cnn), str(sweep_dir), "--out", "mixed", cwd=tmp_path, env=WIDE)
     rows = summary_rows(tmp_path / "mixed")
     assert len(rows) == 6
     assert {"model", "optimizer.momentum", "model.dropout"} <= set(rows[0])
     assert sorted(float(r["best_val/f1"]) for r in rows) == sorted(
         metrics(Path(tmp_path / "mixed" / r["path"]))["best"]["val/f1"] for r in rows
     )
-
-
-@pytest.mark.slow
-def test_compare_errors_are_one_line(tmp_path):
-    proc = run_dlrun("compare", "no/such/dir", cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "dlrun: error: no/such/dir: no such directory (give a run or sweep directory)"
-    (tmp_path / "empty").mkdir()
-    proc = run_dlrun("compare", "empty", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "empty: no runs in it" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -401,6 +440,66 @@ def test_course_experiments_are_whole_sweeps(name):
     # The labs replicate the course at a constant lr, where `dlrun train` alone anneals it.
     assert cfg.hydra.runtime.choices.scheduler == "none" and cfg.scheduler.fn is None
     assert compose_with_hydra().hydra.runtime.choices.scheduler == "cosine"
+
+
+# What each course experiment's summary ranks by: the number its lesson is about.
+LESSON_RANK = {
+    "activation": "train/loss@last",
+    "batchnorm": "test/accuracy",
+    "dropout": "val/loss@last",
+    "initializer": "train/loss@last",
+    "momentum": "train/loss@last",
+    "momentum_mnist": "train/loss@last",
+    "width": "test/accuracy",
+}
+
+
+@pytest.mark.parametrize("name", sorted(COURSE))
+def test_course_experiments_rank_by_their_lessons_number(name):
+    summary = compose_with_hydra(f"experiment={name}").hydra.callbacks.sweep_summary
+    assert summary.rank_by == LESSON_RANK[name]
+    columns = [parse_column(c, "val/f1") for c in summary.columns]  # every column is one a summary can show
+    assert summary.rank_by in summary.columns
+    if name == "dropout":  # val against train loss: the val loss's minimum and its last value, and the verdict
+        assert {c.header for c in columns} >= {"val/loss (last)", "val/loss (min)", "train/loss (last)", "verdict"}
+
+
+def job_name(sweep_dir: Path, *overrides: str) -> str:
+    """The directory one job of the sweep in `sweep_dir` gets, for its own overrides."""
+    cfg = compose_with_hydra(*overrides, f"hydra.sweep.dir={sweep_dir}")
+    with open_dict(cfg):
+        cfg.hydra.job.num = 0
+    return OmegaConf.select(cfg, "hydra.sweep.subdir")
+
+
+def start_sweep(sweep_dir: Path, *overrides: str) -> None:
+    """What Hydra hands the sweep's callback: the command line's overrides, sweep syntax and all."""
+    master = compose_with_hydra("experiment=momentum", f"hydra.sweep.dir={sweep_dir}")
+    with open_dict(master):
+        master.hydra.overrides.task = list(overrides)
+    SweepSummary().on_multirun_start(config=master)
+
+
+def test_job_directories_are_named_by_the_swept_values_only(tmp_path):
+    # The experiment sweeps optimizer.momentum (hydra.sweeper.params), the command line the seed.
+    job = ("optimizer.momentum=0.5", "experiment=momentum", "trainer.epochs=15", "seed=2")
+    start_sweep(tmp_path, "experiment=momentum", "trainer.epochs=15", "seed=1,2")
+    assert job_name(tmp_path, *job) == "optimizer.momentum=0.5,seed=2"
+    start_sweep(tmp_path, "experiment=momentum", "trainer.epochs=15", "seed=range(1,3)")
+    assert job_name(tmp_path, *job) == "optimizer.momentum=0.5,seed=2"
+
+    # The same sweep again with another shared value, or without it: that names its jobs too, so that a job
+    # finished with trainer.epochs=15 is not skipped as one of this sweep's; with the first value, the short names.
+    start_sweep(tmp_path, "experiment=momentum", "trainer.epochs=30", "seed=1,2")
+    job30 = ("optimizer.momentum=0.5", "experiment=momentum", "trainer.epochs=30", "seed=2")
+    assert job_name(tmp_path, *job30) == "optimizer.momentum=0.5,seed=2,trainer.epochs=30"
+    start_sweep(tmp_path, "experiment=momentum", "seed=1,2")
+    assert job_name(tmp_path, *job[:2], "seed=2") == "optimizer.momentum=0.5,seed=2,~trainer.epochs"
+    start_sweep(tmp_path, "experiment=momentum", "trainer.epochs=15", "seed=1,2")
+    assert job_name(tmp_path, *job) == "optimizer.momentum=0.5,seed=2"
+
+    # Outside a sweep that recorded its keys: every override, as Hydra names it.
+    assert job_name(tmp_path / "elsewhere", *job) == "optimizer.momentum=0.5,seed=2,trainer.epochs=15"
 
 
 def test_slurm_launcher_config():

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 # Written into the sweep directory when a sweep starts, read by every job (in joblib or submitit
-# workers too, which see the same directory): the keys the sweep varies, which name the job directories.
+# workers too, which see the same directory): which overrides name the job directories.
 SWEEP_RECORD = ".dlrun-sweep.json"
 
 
@@ -31,10 +31,13 @@ def job_dir_name(override_dirname: str, num, sweep_dir=None, overrides=None) -> 
     """The job's directory within the sweep: the overrides its sweep varies (`optimizer.momentum=0.4`, not the
     `trainer.epochs=15` every job shares), or `job<N>` when it has none (otherwise the job would write into the
     sweep directory itself). Without the sweep's record, all of Hydra's override_dirname."""
-    swept = read_json(Path(sweep_dir) / SWEEP_RECORD).get("swept") if sweep_dir else None
+    record = read_json(Path(sweep_dir) / SWEEP_RECORD) if sweep_dir else {}
+    swept = record.get("swept")
     if isinstance(swept, list) and overrides is not None:
+        named = set(swept) | set(record.get("changed") or [])
+        items = [str(o) for o in overrides if _key(str(o)) in named] + [f"~{k}" for k in record.get("dropped") or []]
         # sorted, as Hydra sorts override_dirname, so a job keeps its name whatever the order on the command line
-        override_dirname = ",".join(sorted(str(o) for o in overrides if _key(str(o)) in swept))
+        override_dirname = ",".join(sorted(items))
     return override_dirname or f"job{num}"
 
 
@@ -66,20 +69,26 @@ def sweep_keys(overrides: list[str], params: dict | None) -> tuple[list[str], li
 
 
 def record_sweep(sweep_dir: Path, overrides: list[str], params: dict | None, exclude: list[str]) -> None:
-    """Writes the sweep's record, which names its jobs by their swept values. A sweep run again into its directory
-    with other shared overrides (trainer.epochs=5, then 30) is named by every override instead: a job finished
-    with the first settings must not pass for one of the second (a finished job is found by its directory)."""
+    """Writes the sweep's record: the keys it varies, which name its jobs. The first sweep into a directory also
+    records the overrides its jobs share. The same sweep run again with other shared values (trainer.epochs=5,
+    then 30) names its jobs by those too (`~key` for one no longer set): a finished job is found by its directory,
+    and one finished with the first settings must not pass for one with the second."""
     path = sweep_dir / SWEEP_RECORD
     previous = read_json(path)
     found = sweep_keys(overrides, params)
     if found is None:
         write_json(path, {**previous, "swept": None})
         return
-    swept, shared = found
-    shared = [line for line in shared if _key(line) not in exclude]  # excluded keys never named a job
-    if "shared" in previous and previous["shared"] != shared:
-        swept, shared = None, previous["shared"]
-    write_json(path, {"swept": swept, "shared": shared})
+    swept, lines = found
+    shared = {_key(line): line for line in lines if _key(line) not in exclude}  # excluded keys never name a job
+    first = {_key(line): line for line in previous.get("shared") or []} if "shared" in previous else shared
+    record = {
+        "swept": swept,
+        "shared": sorted(first.values()),
+        "changed": sorted(k for k, line in shared.items() if first.get(k) != line and k not in swept),
+        "dropped": sorted(k for k in first if k not in shared and k not in swept),
+    }
+    write_json(path, record)
 
 
 class SweepSummary(Callback):
@@ -112,6 +121,12 @@ class SweepSummary(Callback):
         except Exception as err:  # noqa: BLE001 - reported through the report file, then raised by the command
             log.error("sweep summary failed", exc_info=err)
             outcome["error"] = str(err) if isinstance(err, DlrunError) else f"{type(err).__name__}: {first_line(str(err))}"
+        try:  # HParams' columns and metrics for the whole sweep; without it TensorBoard still lists every job
+            from dlrun.observe.dashboards import write_sweep_experiment  # tensorboard's protos: only once a sweep ends
+
+            write_sweep_experiment(sweep_dir)
+        except Exception as err:  # noqa: BLE001 - the summary matters more; the log says why
+            log.warning("HParams experiment not written: %s", first_line(str(err)))
         if self.report:
             write_json(Path(self.report), outcome)
 

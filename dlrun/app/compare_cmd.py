@@ -9,8 +9,8 @@ from dlrun.results.runs import find_runs, is_run
 from dlrun.results.summary import SummaryChoice, saved_choice, summarize
 
 COLUMNS_HELP = (
-    "KEY[@AGG]: val/<metric> (at the best epoch), test/<metric>, train/<metric> (its last epoch), epoch, verdict, "
-    "or a key of metrics.json (parameters.total); @last, @min, @max or @best over history.csv (val/loss@min)"
+    "KEY[@AGG] each: val/<metric> (at the best epoch), test/<metric>, train/<metric> (its last epoch), epoch, "
+    "verdict, or a key of metrics.json (parameters.total); @last, @min, @max or @best: over history.csv"
 )
 
 
@@ -30,13 +30,18 @@ def main(args: list[str]) -> None:
         help="where summary.csv, summary.md and curves.png go (default: the sweep directory when "
         "PATH is one sweep, else outputs/compare/<date>_<time>)",
     )
-    parser.add_argument("--rank-by", metavar="COLUMN", help=f"what ranks the runs (default: trainer.monitor). {COLUMNS_HELP}")
+    parser.add_argument(
+        "--rank-by",
+        metavar="COLUMN",
+        help="what ranks the runs, a number named as in --columns, e.g. train/loss@last (default: a sweep's own, "
+        "else trainer.monitor's best value)",
+    )
     parser.add_argument("--mode", choices=("min", "max"), help="lowest or highest first (default: min for a loss, else max)")
     parser.add_argument(
         "--columns",
         metavar="A,B,...",
-        help="the table's metric columns (default: a sweep's own, else the best monitored value, its epoch, "
-        "test accuracy and F1), e.g. train/loss@last,val/loss@min,test/f1_micro",
+        help=f"the table's metric columns, e.g. train/loss@last,val/loss@min,test/f1_micro. {COLUMNS_HELP}. Default: a "
+        "sweep's own, else the best monitored value, its epoch, test accuracy and F1",
     )
     opts = parser.parse_args(args)
     paths = [Path(p) for p in opts.paths]

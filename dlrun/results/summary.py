@@ -413,6 +413,9 @@ def _line_width(lines: list[list[str]]) -> int:
 def _split_header(name: str) -> tuple[str, str]:
     """`train/loss (last)` -> (`train/loss`, `(last)`), `best val/f1` -> (`best`, `val/f1`), `optimizer.momentum` ->
     (`optimizer.`, `momentum`)."""
+    if " (" in name:  # the qualifier whole: `val/auroc` over `(best epoch)`
+        top, bottom = name.rsplit(" (", 1)
+        return top, f"({bottom}"
     if " " in name:
         top, bottom = name.rsplit(" ", 1)
         return top, bottom
@@ -520,7 +523,7 @@ def _record(header: list[str], cells: list[str], numeric: set[str]) -> dict:
 
 def _csv(values: list[float]) -> str:
     value = _mean(values)
-    return "" if math.isnan(value) else f"{value:.6g}"
+    return "" if math.isnan(value) else f"{value:.10g}"
 
 
 def curves_figure(summary: Summary):
@@ -591,11 +594,13 @@ def summarize(
     summary = build_summary(runs, Path(out_dir), with_names, choice)
     if strict and summary.missing:
         raise DlrunError(_missing_message(summary.missing, runs))
-    order = "lowest" if summary.mode == "min" else "highest"
-    title = f"{len(run_dirs)} {what} in {', '.join(map(str, paths))}, ranked by {summary.rank_name}, {order} first"
+    ranked = f"ranked by {summary.rank_name}, {'lowest' if summary.mode == 'min' else 'highest'} first"
+    title = f"{len(run_dirs)} {what} in {', '.join(map(str, paths))}, {ranked}"
+    if len(paths) > 1 and len(title) > shutil.get_terminal_size().columns:  # summary.md names them all
+        title = f"{len(run_dirs)} {what} in {len(paths)} folders, {ranked}"
     # TensorBoard over the runs' closest common folder shows them overlaid.
     print_summary(summary, title, with_names, Path(os.path.commonpath([str(p) for p in run_dirs])))
-    write_summary(summary, title, with_names)
+    write_summary(summary, f"{len(run_dirs)} {what} in {', '.join(map(str, paths))}, {ranked}", with_names)
     return summary
 
 
