@@ -103,7 +103,8 @@ def main() -> None:
         for name, runs in times.items():
             train_s = sorted(t[0] for t in runs)[args.repeats // 2]
             val_s = sorted(t[1] for t in runs)[args.repeats // 2]
-            print(f"{model_name:>4} {name:<13} train epoch {train_s:6.2f} s ({train_s / base - 1:+6.1%})   val pass {val_s:5.2f} s")
+            cost = f"{train_s / base - 1:+6.1%}"
+            print(f"{model_name:>4} {name:<13} train epoch {train_s:6.2f} s ({cost})   val pass {val_s:5.2f} s")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ from dlrun.observe.tables import classification_report, markdown_table, write_co
 
 log = logging.getLogger(__name__)
 
+
 class Tracker:
-    def __init__(
-        self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None, overrides: list[str] = ()
-    ):
+    def __init__(self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None, overrides: list[str] = ()):
         """`resume`: last.pt's state when continuing a run (its history, step and wall time so far);
         `overrides`: the command line's, so that HParams shows a swept key even at its default value."""
         self.run_dir = Path(run_dir)
