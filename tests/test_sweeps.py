@@ -19,6 +19,7 @@ from test_train_run import finished_run
 import dlrun
 from dlrun.app.callbacks import SweepSummary
 from dlrun.app.compare_cmd import main as compare
+from dlrun.observe.dashboards import SWEEP_EXPERIMENT_SUFFIX
 from dlrun.results.summary import parse_column, summarize
 
 # A user's own experiment bundle (`--config-dir`): `experiment` is left out of job directory names,
@@ -232,28 +233,33 @@ def test_a_failing_job_does_not_stop_the_others(failed_sweep):
     assert " - " in failed_line and "completed" not in failed_line, "no metric, no verdict"
 
 
+def own_events(job: Path) -> list[str]:
+    """A job's own event files: not the HParams experiment the sweep keeps in its first job's folder."""
+    return sorted(p.name for p in job.glob("events.out.tfevents.*") if not p.name.endswith(SWEEP_EXPERIMENT_SUFFIX))
+
+
 @pytest.mark.slow
 def test_rerunning_a_sweep_skips_finished_jobs_and_reruns_the_rest(configs, failed_sweep, tmp_path):
     _, original, _ = failed_sweep
     sweep_dir = tmp_path / "S"
     shutil.copytree(original, sweep_dir)
     jobs = job_dirs(sweep_dir)
-    done_events = sorted(p.name for p in jobs["model.dropout=0"].glob("events.out.tfevents.*"))
+    done_events = own_events(jobs["model.dropout=0"])
     done_mtime = (jobs["model.dropout=0"] / "metrics.json").stat().st_mtime_ns
     # A job killed mid-run (kill -9, a lost node) leaves status "running" behind.
     killed = metrics(jobs["model.dropout=0.2"])
     killed["status"] = "running"
     (jobs["model.dropout=0.2"] / "metrics.json").write_text(json.dumps(killed))
-    old_events = sorted(p.name for p in jobs["model.dropout=0.2"].glob("events.out.tfevents.*"))
+    old_events = own_events(jobs["model.dropout=0.2"])
 
     proc = dlrun_sweep(configs, tmp_path, sweep_dir, "model.dropout=0,0.2,1.5", check=False)
     assert proc.returncode == 1
     assert "model.dropout=0: skipped, already completed" in proc.stdout
     assert "model.dropout=0.2: rerunning (previous attempt: running)" in proc.stdout
     assert "model.dropout=1.5: rerunning (previous attempt: failed)" in proc.stdout
-    assert sorted(p.name for p in jobs["model.dropout=0"].glob("events.out.tfevents.*")) == done_events
+    assert own_events(jobs["model.dropout=0"]) == done_events
     assert (jobs["model.dropout=0"] / "metrics.json").stat().st_mtime_ns == done_mtime
-    new_events = sorted(p.name for p in jobs["model.dropout=0.2"].glob("events.out.tfevents.*"))
+    new_events = own_events(jobs["model.dropout=0.2"])
     assert len(new_events) == 1 and new_events != old_events, "one attempt's curves per run in TensorBoard"
     assert metrics(jobs["model.dropout=0.2"])["status"] == "completed"
     assert metrics(jobs["model.dropout=1.5"])["status"] == "failed"
@@ -274,7 +280,7 @@ def test_joblib_runs_two_jobs_in_parallel_and_seeds_are_grouped(configs, tmp_pat
     jobs = job_dirs(sweep_dir)
     assert set(jobs) == {"seed=1", "seed=2"}, "named in the worker processes by the swept value alone"
     # The event file's name ends with the writer's process id: two worker processes, neither this one.
-    pids = {re.search(r"\.(\d+)\.\d+$", next(j.glob("events.out.tfevents.*")).name).group(1) for j in jobs.values()}
+    pids = {re.search(r"\.(\d+)\.\d+$", own_events(j)[0]).group(1) for j in jobs.values()}
     assert len(pids) == 2
 
     values = [metrics(j)["best"]["val/f1"] for j in jobs.values()]
