@@ -121,29 +121,53 @@ def _ranked(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor,
     return tps, fps, s[last]
 
 
+def class_areas(probs: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's ROC AUC (trapezoids over the ROC points) and average precision (precision times the
+    recall step, summed), as roc_auc_score and average_precision_score compute them; NaN for a column
+    without positives or negatives. One sort and a few scans for all columns at once, not a loop over them.
+
+    The ROC and PR points sit at the ends of runs of equal scores: each end is paired with the end before
+    it (found with a running maximum), so ties count as scikit-learn counts them."""
+    # classes as rows: each sort and scan runs over contiguous memory; counts are exact in float32 below 2^24
+    counts = torch.float32 if len(probs) < 2**24 else torch.float64
+    s, order = probs.T.contiguous().sort(dim=1, descending=True, stable=True)
+    pos = positive.T.to(counts).gather(1, order)
+    tps, fps = pos.cumsum(1), (1 - pos).cumsum(1)
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:, :-1] = s[:, 1:] != s[:, :-1]
+    cols = torch.arange(s.shape[1], device=s.device).expand_as(s)
+    ends = torch.where(last, cols, -1)
+    before = torch.cat([torch.full_like(ends[:, :1], -1), ends[:, :-1]], 1).cummax(1).values  # the previous run's end
+    prev_tp = torch.where(before >= 0, tps.gather(1, before.clamp_min(0)), 0)
+    prev_fp = torch.where(before >= 0, fps.gather(1, before.clamp_min(0)), 0)
+    npos, nneg = tps[:, -1].double(), fps[:, -1].double()
+    auroc = torch.where(last, (fps - prev_fp) * (tps + prev_tp), 0).double().sum(1) / 2 / (npos * nneg)
+    ap = torch.where(last, (tps - prev_tp) * tps / (tps + fps), 0).double().sum(1) / npos
+    undefined = (npos == 0) | (nneg == 0)
+    nan = torch.full_like(auroc, math.nan)
+    return torch.where(undefined, nan, auroc), torch.where(undefined, nan, ap)
+
+
 def auroc_ap(scores: torch.Tensor, positive: torch.Tensor) -> tuple[float, float]:
-    """ROC AUC (trapezoids over the ROC points) and average precision (sum of precision times the
-    recall step), exactly as roc_auc_score and average_precision_score compute them; NaN when the
-    split holds no positive or no negative."""
-    tps, fps, _ = _ranked(scores, positive)
-    if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0:
+    """One column's ROC AUC and average precision (see class_areas)."""
+    if len(scores) == 0:
         return math.nan, math.nan
-    tpr, fpr = torch.cat([tps.new_zeros(1), tps / tps[-1]]), torch.cat([fps.new_zeros(1), fps / fps[-1]])
-    auroc = torch.trapezoid(tpr, fpr)
-    precision = tps / (tps + fps)
-    ap = (torch.diff(tpr) * precision).sum()
-    return float(auroc), float(ap)
+    auroc, ap = class_areas(scores.unsqueeze(1), positive.unsqueeze(1))
+    return float(auroc[0]), float(ap[0])
 
 
 def ranking_scores(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """AUROC and average precision, one class against the rest and averaged over the classes that have
     positives and negatives here; for two classes, those of the positive class (class 1)."""
     c = probs.shape[1]
-    classes = [1] if c == 2 else range(c)
-    pairs = [auroc_ap(probs[:, k], targets == k) for k in classes]
-    pairs = [p for p in pairs if not math.isnan(p[0])]
-    auroc, ap = (float(np.mean([p[i] for p in pairs])) for i in (0, 1)) if pairs else (math.nan, math.nan)
-    return {"auroc": torch.tensor(auroc), "average_precision": torch.tensor(ap)}
+    if len(probs) == 0:
+        return {"auroc": torch.tensor(math.nan), "average_precision": torch.tensor(math.nan)}
+    positive = torch.nn.functional.one_hot(targets, c).bool()
+    auroc, ap = class_areas(probs[:, 1:] if c == 2 else probs, positive[:, 1:] if c == 2 else positive)
+    defined = ~auroc.isnan()
+    if not defined.any():
+        return {"auroc": torch.tensor(math.nan), "average_precision": torch.tensor(math.nan)}
+    return {"auroc": auroc[defined].mean().float(), "average_precision": ap[defined].mean().float()}
 
 
 def pr_roc_curves(probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict[str, dict]:
