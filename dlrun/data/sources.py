@@ -14,6 +14,7 @@ interface, so the batches reach the training loop in the same form.
 import contextlib
 import functools
 import gzip
+import importlib.util
 import logging
 import os
 import pickle
@@ -26,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.datasets
 from PIL import Image
 
 from dlrun.core.errors import ConfigError, DataError
@@ -221,13 +221,30 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
-def _load_digits(cfg) -> tuple[Split, Split, list[str]]:
-    from sklearn.datasets import load_digits  # scikit-learn loads in a second: only for the sets it makes
+def _torchvision_datasets():
+    """torchvision's dataset classes, imported when a set needs them: torchvision's import pulls in
+    torch._dynamo, a second of every run that trains on digits or a generated set otherwise."""
+    import torchvision.datasets
 
-    digits = load_digits()
+    return torchvision.datasets
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (pixel values 0..16, and targets), read from the CSV file it ships
+    without importing scikit-learn, which takes a second: the images load_digits() returns."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset=digits needs scikit-learn, which ships the digits (pip install scikit-learn)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
+def _load_digits(cfg) -> tuple[Split, Split, list[str]]:
+    images, targets = digits_arrays()
     # Pixel values are 0..16; scale them onto uint8 like every other image set.
-    x = torch.from_numpy(digits.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
-    y = torch.from_numpy(digits.target).long()
+    x = torch.from_numpy(images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
+    y = torch.from_numpy(targets).long()
     # digits has no official test split: hold one out with a fixed seed, whatever the run's seed.
     train, test = _split_off(Split(x, y), cfg.test_fraction, cfg.split_seed)
     return train, test, [str(i) for i in range(10)]
@@ -243,7 +260,7 @@ MNIST_FILES = [
 
 def _load_idx_set(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
     """MNIST, FashionMNIST or KMNIST through torchvision: root/<class_name>/raw holds the IDX files, plain or .gz."""
-    cls = getattr(torchvision.datasets, class_name)
+    cls = getattr(_torchvision_datasets(), class_name)
     root = _check_root(cfg.root)
     raw = root / class_name / "raw"
 
@@ -311,7 +328,7 @@ def _unpack(source: Path, dest: Path) -> None:
 
 def _load_cifar(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
     """CIFAR-10 or CIFAR-100 through torchvision, from the python pickle batches it downloads."""
-    cls = getattr(torchvision.datasets, class_name)
+    cls = getattr(_torchvision_datasets(), class_name)
     root = _check_root(cfg.root)
     folder = root / cls.base_folder
     names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
@@ -456,7 +473,7 @@ def _load_image_folder(cfg, seed: int, val_fraction: float) -> Data:
 
     def folder(path: Path) -> FileSplit:
         try:
-            return FileSplit(torchvision.datasets.ImageFolder(str(path), loader=reader))
+            return FileSplit(_torchvision_datasets().ImageFolder(str(path), loader=reader))
         except FileNotFoundError as err:  # no class folders, or no image files in them
             raise DataError(f"dataset.root={cfg.root}: {err} (image_folder reads {layout})") from err
 

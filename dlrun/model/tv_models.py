@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
 
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.text import did_you_mean
@@ -35,6 +34,8 @@ class TorchvisionModel(nn.Module):
         resize: int | None = None,
     ):
         super().__init__()
+        from torchvision import models  # here: torchvision's import pulls in torch._dynamo, a second on every run
+
         c, h, w = image_shape(in_shape, name)
         if c not in (1, 3):
             raise ConfigError("model", name, f"takes 1- or 3-channel images; the dataset's have {c} channels")
@@ -113,6 +114,8 @@ class TorchvisionModel(nn.Module):
 
 
 def _default_weights(name: str):
+    from torchvision import models
+
     weights = models.get_model_weights(name).DEFAULT
     try:
         weights.get_state_dict(progress=True)  # fills the torch hub cache, or finds the file already there

@@ -9,9 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from rich import box
 from rich.markup import escape
 from rich.table import Table
@@ -528,6 +525,10 @@ def _csv(values: list[float]) -> str:
 
 def curves_figure(summary: Summary):
     """Val accuracy, val loss and train loss per epoch, one line per job (or per group's mean, shaded ± std)."""
+    from matplotlib import colormaps  # matplotlib only once a figure is drawn: `dlrun train` imports this module
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     rows = summary.ranked
     fig = Figure(figsize=(5 * len(CURVES), 4.2))
     axes = fig.subplots(1, len(CURVES), squeeze=False)
