@@ -133,3 +133,28 @@ def test_completion_install_script_completes_in_bash(workdir):
     proc = subprocess.run(["bash", "-c", driver], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["train", "model=cnn"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--cfg", "job"]])
+def test_a_closed_pipe_ends_quietly(workdir, args):
+    """`dlrun --help | head -1`: the reader has gone before dlrun writes."""
+    proc = subprocess.Popen([DLRUN, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 1, 141)  # 141: the shells' code for a closed pipe
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_missing_dataset_leaves_the_data_folder_as_it_was(workdir, tmp_path):
+    """No `MNIST/raw` left in an empty folder, whether the download is tried (and fails offline) or not."""
+    empty = tmp_path / "EMPTY"
+    empty.mkdir()
+    for download in ("true", "false"):
+        proc = run_dlrun(
+            "train", "dataset=mnist", f"dataset.root={empty}", f"dataset.download={download}", cwd=workdir, check=False
+        )
+        if proc.returncode == 0:
+            pytest.skip("this machine could download MNIST")
+        line = assert_one_line_error(proc, f"dataset.root={empty}: MNIST files not found", code=proc.returncode)
+        assert line.startswith("dlrun: error:")
+        assert list(empty.iterdir()) == [], f"dataset.download={download} left {list(empty.rglob('*'))}"

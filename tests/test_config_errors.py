@@ -55,6 +55,11 @@ def error_for(*overrides: str) -> tuple[str, int] | None:
         (["model.hidden_sizes=[100,0]"], "model.hidden_sizes=[100,0]: must be a list of integers >= 1"),
         (["model.hidden_sizes=[50,-5]"], "model.hidden_sizes=[50,-5]: must be a list of integers >= 1"),
         (["optimizer.nesterov=true"], "optimizer.nesterov=true: needs optimizer.momentum > 0"),
+        (
+            ["model=resnet18", "model.freeze_backbone=true"],
+            "model.freeze_backbone=true: needs pretrained weights, or only a head on a random backbone learns: "
+            "model.weights=default",
+        ),
         (["trainer.epochs=${nowhere}"], "trainer.epochs=${nowhere}: cannot be resolved"),
         (
             ["model.hidden_sizes=50,50"],

@@ -111,6 +111,9 @@ def entry() -> None:
         main()
     except SystemExit as exit_:
         code = exit_.code
+    except BrokenPipeError:  # `dlrun ... | head`: the reader left; end quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     if isinstance(code, str):  # sys.exit("message"): Python prints it and exits 1
         sys.stderr.write(code + "\n")
         code = 1

@@ -63,6 +63,15 @@ def _check_combinations(values: dict) -> None:
             f"needs optimizer.momentum > 0 and optimizer.dampening=0 "
             f"(they are {show_value(opt.get('momentum'))} and {show_value(opt.get('dampening', 0))})",
         )
+    model = values.get("model") or {}
+    if model.get("freeze_backbone") and str(model.get("weights", "none")).lower() in ("none", "null"):
+        raise ConfigError(
+            "model.freeze_backbone",
+            "true",
+            "needs pretrained weights, or only a head on a random backbone learns: model.weights=default "
+            "(downloaded once), or offline the path of the architecture's weights file "
+            "(model.weights=/path/to/resnet18-f37072fd.pth)",
+        )
     clip = (values.get("trainer") or {}).get("grad_clip") or {}
     if clip.get("max_norm") is not None and clip.get("max_value") is not None:
         raise ConfigError("trainer.grad_clip", show_value(clip), "set max_norm or max_value, not both")

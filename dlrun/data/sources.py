@@ -307,12 +307,23 @@ def _decode_idx(cls, raw: Path, sources: list[Path], root_option) -> dict:
 
 
 def _download(dataset_cls, root: Path) -> None:
-    """torchvision's own download, with its progress bar; one line when there is no network."""
-    try:
-        dataset_cls(str(root), train=True, download=True)
-        dataset_cls(str(root), train=False, download=True)
-    except Exception as err:
-        log.warning("download of %s failed: %s", dataset_cls.__name__, str(err).splitlines()[0])
+    """torchvision's own download, with its progress bar; one line when there is no network. It downloads
+    into a temporary folder, and only files that arrived are moved into root/<Name>/raw: a failed download
+    leaves no folder behind in the user's data folder."""
+    name = dataset_cls.__name__
+    with tempfile.TemporaryDirectory(prefix="dlrun-download-") as tmp:
+        tmp = Path(tmp)
+        try:
+            dataset_cls(str(tmp), train=True, download=True)
+            dataset_cls(str(tmp), train=False, download=True)
+        except Exception as err:
+            reason = str(err).splitlines()[0].strip() if str(err).strip() else type(err).__name__
+            log.info("download of %s failed: %s", name, reason)  # the missing files' error says what to do
+            return
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):  # MNIST/raw/..., cifar-10-batches-py/...
+            dest = root / path.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(dest))
 
 
 def _unpack(source: Path, dest: Path) -> None:
