@@ -29,7 +29,8 @@ class Console:
         if self.silent:
             return
         if self.tty:
-            self.rich.print(text, style=style)
+            # soft_wrap: rich inserts no line breaks of its own, so a long path or command stays one line to copy
+            self.rich.print(text, style=style, soft_wrap=True)
         else:
             print(text, flush=True)
 
