@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dlrun.core.faultpoints import kill_point
 from dlrun.core.ranks import is_main, world_size
 from dlrun.data import Data, load_data, make_loaders
 from dlrun.engine import checkpoint, ddp, faults
@@ -148,6 +149,7 @@ def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tr
         "parameters": {"total": total, "trainable": trainable},
         "monitor": cfg.trainer.monitor,
         **({"resumed_from": {"epoch": resumed["epoch"], "step": resumed["step"]}} if resumed else {}),
+        **({"skipped_files": parts.data.skipped} if getattr(parts.data, "skipped", None) else {}),
     }
     tracker = Tracker(ctx.run_dir, cfg, parts.data.classes, info=info, resume=resumed, overrides=ctx.overrides)
     if not resumed:
@@ -261,11 +263,13 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
         if improved:
             state.best_value, state.best_epoch = row[trainer.monitor], epoch
             checkpoint.save(ctx.run_dir / "best.pt", parts.built.model, parts.built.optimizer, epoch, cfg, parts.data)
-        # last.pt is the commit point of the epoch: its steps' curves are on disk before it, and
-        # a resume re-logs from it whatever of the epoch a crash kept from reaching the files below.
-        tracker.writer.flush()
-        save_last(cfg, parts, state, tracker, ctx, epoch=epoch, history=[*tracker.history, row], stop=stop)
+            kill_point("best_saved")
+        # last.pt is the commit point of the epoch: everything the epoch shows (its curves, images and
+        # history.csv row) is on disk before it. A kill before it reruns the epoch from the last commit, and
+        # the resumed tracker writes only what the killed attempt did not: each entry appears once.
         log_epoch(tracker, parts, state, row, improved, trainer.monitor)
+        save_last(cfg, parts, state, tracker, ctx, epoch=epoch, history=list(tracker.history), stop=stop)
+        kill_point("last_saved")
         console.epoch_row(row, trainer.epochs, improved)
         if steps.signals is not None:
             steps.signals.check(state.step, epoch)
@@ -329,6 +333,7 @@ def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Out
     test_metrics = to_floats(evaluate(model, parts.loaders[2], loss_fn, parts.eval_metrics, amp))
     readings = test_readings(parts.eval_metrics, parts.data.classes, model, parts.loaders[1], loss_fn, amp, parts.device)
     tracker.log_test(test_metrics, parts.eval_metrics.confusion, state.best_epoch, readings)
+    kill_point("test_logged")
     tracker.log_misclassified(model, parts.loaders[2], state.best_epoch)
     best_row = tracker.history[state.best_epoch - 1]
     best = {"epoch": state.best_epoch, **{k: v for k, v in best_row.items() if k.startswith("val/")}}

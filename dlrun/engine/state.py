@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dlrun.core.faultpoints import kill_point
 from dlrun.engine import ddp, faults
 
 
@@ -63,6 +64,7 @@ class StepLog:
     def record(self, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor | None) -> None:
         """After each optimizer step: count it, read the losses when due, and stop at a signal."""
         self.state.step += 1
+        kill_point("step")
         self.pending.append((loss, lr, grad_norm))
         info = self.flush() if len(self.pending) >= self.every else None
         self.console.step(info)

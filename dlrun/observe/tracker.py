@@ -1,6 +1,7 @@
 """Where a run's numbers go: TensorBoard event files, history.csv and metrics.json in the run directory."""
 
 import csv
+import inspect
 import logging
 import time
 import warnings
@@ -9,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import metadata
 from torch.utils.tensorboard import SummaryWriter
 
 from dlrun.config.schema import METRIC_NAMES
 from dlrun.core import ranks
+from dlrun.core.faultpoints import kill_point
 from dlrun.core.io import write_csv, write_json
 from dlrun.observe import dashboards, figures
 from dlrun.observe.tables import classification_report, markdown_table, write_confusion_csv
@@ -34,15 +37,17 @@ class Tracker:
         # Resuming, TensorBoard drops what the old event files hold after last.pt's step (the
         # interrupted epoch's steps), so that the curves continue with no step twice.
         purge = {"purge_step": resume["step"] + 1} if resume else {}
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), **purge) if self.writes else _NullWriter()
+        writer = SummaryWriter(log_dir=str(self.run_dir), **purge) if self.writes else _NullWriter()
+        # Epoch-level entries use the epoch as their step, far below the purge step: what the old files hold of
+        # them stays, so a resume writes only the (tag, step) pairs they lack, and each epoch shows once.
+        self.writer = _OnceWriter(writer, logged_below(self.run_dir, resume["step"] + 1)) if resume and self.writes else writer
         self.cfg = cfg
-        # A run stopped while testing has its test results in TensorBoard already: not a second time.
-        self.test_logged = False
         if resume:
             self._relog_missing_epochs()
-            finished = resume["epoch"] >= cfg.trainer.epochs or resume.get("stopped")
-            self.test_logged = bool(finished) and self.writes and _has_tag(self.run_dir, "test/loss")
-        self.writer.file_writer.add_summary(dashboards.custom_scalars_summary(METRIC_NAMES))
+        # Written once: a resumed run adds them only if the killed one never got them to its file.
+        present = getattr(self.writer, "present", set())
+        if ("custom_scalars__config__", 0) not in present:
+            self.writer.file_writer.add_summary(dashboards.custom_scalars_summary(METRIC_NAMES))
         if cfg.logging.hparams:
             # Written into this run's own event file (not add_hparams, which makes a new
             # timestamped run) so that each run is one run in TensorBoard and in the HParams tab.
@@ -50,8 +55,8 @@ class Tracker:
             # runs it reads; a sweep writes one experiment for its jobs when it ends (dashboards.py says why).
             ssi, sei = dashboards.session_summaries(cfg, overrides)
             self._session_end = sei
-            for summary in (ssi,) if not resume else ():  # the first session wrote it
-                self.writer.file_writer.add_summary(summary)
+            if (metadata.SESSION_START_INFO_TAG, 0) not in present:
+                self.writer.file_writer.add_summary(ssi)
         self.save_metrics()
 
     def log_steps(self, first_step: int, losses: list[float], lrs: list[float], grad_norms: list[float] | None = None):
@@ -94,7 +99,8 @@ class Tracker:
     def log_misclassified(self, model, loader, epoch: int) -> None:
         """A grid of test images the model gets wrong, titled with their true and predicted classes."""
         wanted = self.cfg.logging.misclassified
-        if not (self.writes and wanted) or self.test_logged:
+        # A run killed while testing may have its grid in TensorBoard already: not a second pass for it.
+        if not (self.writes and wanted) or ("test/misclassified", epoch) in getattr(self.writer, "present", ()):
             return
         model.eval()
         images, titles = [], []
@@ -130,6 +136,7 @@ class Tracker:
             fig = figures.confusion_figure(val_cm, self.classes, f"val epoch {epoch}", normalized_too=False)
             self.writer.add_image("val/confusion_matrix", figures.render(fig), epoch, dataformats="HWC")
         self.writer.flush()
+        kill_point("epoch_flushed")  # the epoch is in the event file, not yet in history.csv
         self.history.append(row)
         header = list(row)
         if self.writes:
@@ -150,7 +157,7 @@ class Tracker:
         self.metrics.update({k: readings[k] for k in ("most_confused", "threshold") if k in readings})
         if not self.writes:
             return
-        writer = _NullWriter() if self.test_logged else self.writer
+        writer = self.writer
         for key, value in test.items():
             writer.add_scalar(f"test/{key}", value, epoch)
         if "scores" in readings:
@@ -215,10 +222,13 @@ class Tracker:
         except (OSError, ValueError, KeyError):
             pass
         missing = [row for row in self.history if row["epoch"] not in logged]
+        best = _best_epochs(self.history, self.cfg.trainer.monitor, self.cfg.trainer.mode)
         for row in missing:
             for key, value in row.items():
                 if "/" in key:
                     self.writer.add_scalar(key, value, row["epoch"])
+                if key.startswith("val/") and row["epoch"] in best:
+                    self.writer.add_scalar(f"best/{key}", value, row["epoch"])
         if self.history and self.writes:  # history.csv from last.pt: no row past it, none missing
             header = list(self.history[-1])
             write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
@@ -240,12 +250,54 @@ def confusions_markdown(cells: list[dict]) -> str:
     return markdown_table(["true", "predicted as", "count", "share of the true class"], rows)
 
 
-def _has_tag(run_dir: Path, tag: str) -> bool:
+def logged_below(run_dir: Path, below: int) -> set[tuple[str, int]]:
+    """Every (tag, step) the run directory's event files hold with a step below `below`, whatever the plugin."""
+    present = set()
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
-        for event in EventFileLoader(str(path)).Load():
-            if any(value.tag == tag for value in event.summary.value):
-                return True
-    return False
+        try:
+            for event in EventFileLoader(str(path)).Load():
+                if event.step < below:
+                    present.update((value.tag, event.step) for value in event.summary.value)
+        except Exception as err:  # noqa: BLE001 - a damaged file: what it holds cannot be skipped
+            log.warning("%s: could not read all of it (%s)", path, err)
+    return present
+
+
+def _best_epochs(history: list[dict], monitor: str, mode: str) -> set[int]:
+    """The epochs at which the monitored value improved: those whose val scores went to best/val/*."""
+    best, epochs = None, set()
+    for row in history:
+        value = row.get(monitor)
+        if value is not None and (best is None or (value > best if mode == "max" else value < best)):
+            best = value
+            epochs.add(row["epoch"])
+    return epochs
+
+
+class _OnceWriter:
+    """A SummaryWriter that leaves out what the run's earlier event files already hold (a resumed run's
+    epoch-level entries), so that TensorBoard, reading the directory whole, shows each point once."""
+
+    def __init__(self, writer, present: set[tuple[str, int]]):
+        self.writer, self.present = writer, present
+
+    def __getattr__(self, name):
+        method = getattr(self.writer, name)
+        if not name.startswith("add_") or name in ("add_custom_scalars", "add_graph", "add_hparams"):
+            return method
+
+        def add_once(tag, *args, **kwargs):
+            step = inspect.signature(method).bind_partial(tag, *args, **kwargs).arguments.get("global_step")
+            if step is not None and (_suffixed(name, tag), step) in self.present:
+                return None
+            return method(tag, *args, **kwargs)
+
+        return add_once
+
+
+def _suffixed(method: str, tag: str) -> str:
+    """The tag the event file stores: text gets `/text_summary`, the other plugins keep it."""
+    return f"{tag}/text_summary" if method == "add_text" else tag
 
 
 def _unit_range(images: torch.Tensor) -> torch.Tensor:
