@@ -279,8 +279,8 @@ def test_truncated_image_names_the_file(tmp_path, workers):
         f"dataset.num_workers={workers}",
         "dataset.test_fraction=0.5",
     )
-    data = load_data(cfg.dataset, 0, 0.25)
-    with pytest.raises(DataError) as caught:
+    with pytest.raises(DataError) as caught:  # at load now, from the file's header, before any batch
+        data = load_data(cfg.dataset, 0, 0.25)
         for loader in make_loaders(data, cfg, "cpu"):
             list(loader)
     assert str(caught.value).startswith(str(bad)) and "\n" not in str(caught.value)

@@ -160,7 +160,7 @@ DDP: dict[str, Rule] = {
 # a key the config has but this table does not is left to the dry build below.
 SCHEMA: dict[str, Rule] = {
     "seed": integer(lo=0, hi=2**63 - 1),
-    "resume": lambda v: None if v is None or (isinstance(v, str) and v) else "must be a run directory or latest",
+    "resume": lambda v: None if v is None or (isinstance(v, str) and v) else "must be a run directory, its best.pt, or latest",
     # trainer
     "trainer.epochs": integer(1),
     "trainer.batch_size": integer(1),
@@ -263,6 +263,7 @@ SCHEMA: dict[str, Rule] = {
     "dataset.epochs": integer(1),
     "dataset.channels": lambda v: None if v in (1, 3) and not isinstance(v, bool) else "must be 1 (greyscale) or 3 (RGB)",
     "dataset.num_workers": integer(0),
+    "dataset.skip_bad": boolean,
     "dataset.n_samples": integer(2),
     "dataset.num_classes": integer(2),
     "dataset.noise": number(0),

@@ -18,17 +18,22 @@ import importlib.util
 import logging
 import os
 import pickle
+import re
 import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from dlrun.core import ranks
 from dlrun.core.errors import ConfigError, DataError
 from dlrun.core.io import atomic_write
 
@@ -75,6 +80,7 @@ class Data:
     mean: tuple[float, ...]  # per channel, or per feature
     std: tuple[float, ...]
     in_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for features
+    skipped: dict | None = None  # image_folder with dataset.skip_bad: {"count": n, "paths": [...]} of the files left out
 
     @property
     def num_classes(self) -> int:
@@ -471,54 +477,240 @@ SOURCES: dict[str, Source] = {
 }
 
 
+# A user's own image folder. Every file named like an image is checked when the data loads, from its
+# header (and, for PNG, its chunk checksums), without decoding pixels: a bad file is named before any
+# training, or left out and counted with dataset.skip_bad=true. Damage past the header (a JPEG cut
+# short) shows when the file is decoded, and stops the run with the file's name.
+
+# torchvision's ImageFolder's extensions, so that a folder keeps the files it had when read through torchvision.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+LAYOUT = "root/<class>/*.png|jpg, or root/train/<class>/... with optional val/ and test/ beside it"
+SPLIT_FOLDERS = ("train", "val", "test")
+# The first bytes of PNG, JPEG, GIF, BMP, TIFF (both byte orders) and WebP (RIFF) files.
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
 def _load_image_folder(cfg, seed: int, val_fraction: float) -> Data:
     """A user's images in root/<class>/*, or in root/train/<class>/* with val/ and test/ beside train/."""
     root = _check_root(cfg.root)
-    layout = "root/<class>/*.png|jpg, or root/train/<class>/... with optional val/ and test/ beside it"
     if not root.is_dir():
-        raise DataError(f"dataset.root={cfg.root}: no such folder; image_folder reads {layout}")
+        raise DataError(f"dataset.root={cfg.root}: no such folder; image_folder reads {LAYOUT}")
     if cfg.channels not in (1, 3):
         raise ConfigError("dataset.channels", cfg.channels, "must be 1 (greyscale) or 3 (RGB)")
+    if cfg.normalize not in ("imagenet", "dataset"):
+        raise ConfigError("dataset.normalize", cfg.normalize, "must be imagenet or dataset")
+    skip_bad = cfg.get("skip_bad", False)
+    if not isinstance(skip_bad, bool):
+        raise ConfigError("dataset.skip_bad", skip_bad, "must be true or false")
     size = _size_option(cfg.resize) if cfg.resize is not None else None
     reader = ImageReader("L" if cfg.channels == 1 else "RGB", size)
 
-    def folder(path: Path) -> FileSplit:
-        try:
-            return FileSplit(_torchvision_datasets().ImageFolder(str(path), loader=reader))
-        except FileNotFoundError as err:  # no class folders, or no image files in them
-            raise DataError(f"dataset.root={cfg.root}: {err} (image_folder reads {layout})") from err
-
-    if (root / "train").is_dir():
-        train = folder(root / "train")
-        given = {name: folder(root / name) for name in ("val", "test") if (root / name).is_dir()}
-        for name, part in given.items():
-            if part.folder.classes != train.folder.classes:
-                raise DataError(
-                    f"{root / name}: its class folders ({', '.join(part.folder.classes)}) differ from "
-                    f"those of {root / 'train'} ({', '.join(train.folder.classes)})"
-                )
-        test = given.get("test")
-        if test is None:
-            train, test = _split_off(train, cfg.test_fraction, cfg.split_seed)
-        val = given.get("val")
-        if val is None:
-            train, val = _split_off(train, val_fraction, seed)
-    else:
-        train, test = _split_off(folder(root), cfg.test_fraction, cfg.split_seed)
-        train, val = _split_off(train, val_fraction, seed)
-
+    folders = _split_folders(root)
+    found = {name: _find_classes(path) for name, path in folders.items()}
+    sizes, skipped = _check_files(found, skip_bad)
+    classes = _settle_classes(found, folders, skip_bad)
+    index = {name: i for i, name in enumerate(classes)}
+    parts = {
+        name: FileSplit(ImageFiles([(p, index[c]) for c in classes for p in by_class[c]], classes, reader))
+        for name, by_class in found.items()
+    }
     if size is None:  # no resize: every image must have the first one's size, so that batches stack
-        reader.expected = tuple(reader(train.folder.samples[int(train.indices[0])][0]).shape[1:])
+        reader.expected = _one_size(parts, sizes)
+
+    train = parts.get("train", parts.get("all"))
+    test, val = parts.get("test"), parts.get("val")
+    if test is None:
+        train, test = _split_off(train, cfg.test_fraction, cfg.split_seed)
+    if val is None:
+        train, val = _split_off(train, val_fraction, seed)
     in_shape = (cfg.channels, *(size or reader.expected))
     if cfg.normalize == "imagenet":
         mean, std = _imagenet_stats(cfg.channels)
-    elif cfg.normalize == "dataset":
+    else:
         # The statistics of a seeded sample of training images: reading every file would cost a whole epoch.
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
         mean, std = _stats(torch.stack([train.folder[int(train.indices[i])][0] for i in pick]))
-    else:
-        raise ConfigError("dataset.normalize", cfg.normalize, "must be imagenet or dataset")
-    return Data(train, val, test, list(train.folder.classes), mean, std, in_shape)
+    report = {"count": len(skipped), "paths": skipped} if skipped else None
+    return Data(train, val, test, classes, mean, std, in_shape, skipped=report)
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The folders that hold the splits, by name: train/ and those of val/ and test/ that exist, or root itself ("all")."""
+    if not (root / "train").is_dir():
+        return {"all": root}
+    beside = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in SPLIT_FOLDERS)
+    if beside:  # a validation/ or testing/ folder would otherwise go unnoticed
+        _warn(f"{root}: only train/, val/ and test/ are read; left out beside them: {_few(beside)}")
+    return {name: root / name for name in SPLIT_FOLDERS if (root / name).is_dir()}
+
+
+def _find_classes(folder: Path) -> dict[str, list[str]]:
+    """Class name -> its image files, for each subfolder that holds images or nothing at all (a class
+    still to fill, checked later). A subfolder holding other files only (a dataset's raw/ folder, notes)
+    is no class: it is named in a warning and left out. Hidden files and folders are never read."""
+    classes, others = {}, []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        _unreadable_folder(err)
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        images, other_files = _images_under(Path(entry.path))
+        if images or not other_files:
+            classes[entry.name] = images
+        else:
+            others.append(entry.name)
+    if others:
+        _warn(f"{folder}: left out folders that hold no images (so no class folders): {_few(others)}")
+    if not classes:
+        loose = sum(1 for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        held = f"{loose} images but no class folders" if loose else "no class folders with images"
+        raise DataError(f"{folder}: {held}; image_folder reads {LAYOUT}")
+    return classes
+
+
+def _images_under(folder: Path) -> tuple[list[str], int]:
+    """The image files anywhere under `folder`, in torchvision's ImageFolder's order (so seeded splits stay
+    as they were), and how many other files it holds."""
+    found, other_files, seen = [], 0, set()
+    for top, dirs, files in os.walk(folder, onerror=_unreadable_folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back to a folder above: walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        names = [f for f in files if not f.startswith(".")]
+        found += [(top, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
+        other_files += sum(1 for f in names if not f.lower().endswith(IMAGE_SUFFIXES))
+    return [os.path.join(top, f) for top, f in sorted(found)], other_files
+
+
+def _unreadable_folder(err: OSError) -> None:
+    raise DataError(f"{err.filename}: cannot list this folder ({err.strerror})")
+
+
+def _check_files(found: dict[str, dict[str, list[str]]], skip_bad: bool) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """Each file's (width, height) from its header, and the files left out as unreadable (with skip_bad;
+    without it the first bad file is a DataError). Bad files are removed from `found`."""
+    paths = [p for by_class in found.values() for files in by_class.values() for p in files]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # threads: on a network drive the opens wait, not compute
+        probes = dict(zip(paths, pool.map(_probe, paths)))
+    bad = {p: why for p, (_, why) in probes.items() if why}
+    if bad and not skip_bad:
+        first = next(iter(bad))
+        more = f"; {len(bad) - 1} more bad files" if len(bad) > 1 else ""
+        raise DataError(f"{first}: cannot read this image: {bad[first]}{more}; dataset.skip_bad=true leaves such files out")
+    if bad:
+        for path, why in bad.items():
+            log.info("left out %s: %s", path, why)
+        _warn(f"left out {len(bad)} unreadable image files (dataset.skip_bad=true): {_few(bad)}; all in the run's metrics.json")
+        for by_class in found.values():
+            for name, files in by_class.items():
+                by_class[name] = [p for p in files if p not in bad]
+    return {p: wh for p, (wh, _) in probes.items() if wh}, list(bad)
+
+
+def _probe(path: str) -> tuple[tuple[int, int] | None, str | None]:
+    """(width, height) of an image file from its header, or why it is no readable image; no pixels are decoded."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        broken = os.path.islink(path) and isinstance(err, FileNotFoundError)
+        return None, f"a broken link (to {os.readlink(path)})" if broken else f"cannot open it ({err.strerror})"
+    if not stat.S_ISREG(info.st_mode):  # a pipe would block the open forever
+        return None, "not a regular file"
+    if info.st_size == 0:
+        return None, "the file is empty (0 bytes)"
+    try:
+        with Image.open(path) as img:
+            width_height = img.size
+            img.verify()  # PNG: every chunk's checksum, which a truncated file fails; other formats: the header
+    except PermissionError as err:
+        return None, f"cannot open it ({err.strerror})"
+    except Image.DecompressionBombError as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        count = f"{int(pixels[1]):,} pixels" if pixels else str(err)
+        return None, f"{count}, over twice PIL's Image.MAX_IMAGE_PIXELS: refused as a possible decompression bomb"
+    except UnidentifiedImageError:
+        with open(path, "rb") as f:
+            start = f.read(4)
+        if start.startswith(IMAGE_MAGIC):  # an image's first bytes, but not a whole header
+            return None, "the file is truncated or damaged (PIL cannot read its header)"
+        return None, "not an image: its bytes are in no image format PIL reads"
+    except Exception as err:  # OSError, SyntaxError, ValueError or struct.error, from a damaged file
+        return None, f"the file is truncated or damaged ({type(err).__name__}: {err})"
+    return width_height, None
+
+
+def _settle_classes(found: dict[str, dict[str, list[str]]], folders: dict[str, Path], skip_bad: bool) -> list[str]:
+    """The class names, once every split's class folders hold images and every split has the same ones."""
+    for name, by_class in found.items():
+        empty = [c for c, files in by_class.items() if not files]
+        if empty and not skip_bad:
+            raise DataError(
+                f"{folders[name] / empty[0]}: this class folder holds no images"
+                f"{f' (nor do {_few(empty[1:])})' if len(empty) > 1 else ''}; add images or remove it, "
+                "or set dataset.skip_bad=true to leave such folders out"
+            )
+        if empty:
+            _warn(f"{folders[name]}: left out class folders without readable images: {_few(empty)}")
+        for c in empty:
+            del by_class[c]
+    first = "train" if "train" in found else "all"
+    classes = sorted(found[first])
+    if len(classes) < 2:
+        held = f"only one class folder ({classes[0]})" if classes else "no class folders with images left"
+        raise DataError(f"{folders[first]}: {held}; a classifier needs two or more (image_folder reads {LAYOUT})")
+    for name, by_class in found.items():
+        missing, extra = [c for c in classes if c not in by_class], sorted(set(by_class) - set(classes))
+        if missing or extra:
+            lacks = f"lacks the class folders {_few(missing)}"
+            differs = lacks if missing else f"has class folders that {folders[first].name}/ lacks: {_few(extra)}"
+            raise DataError(f"{folders[name]}: this split {differs} ({folders[first]} holds {_few(classes, 8)})")
+    return classes
+
+
+def _one_size(parts: dict[str, FileSplit], sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(height, width) shared by every image, which must agree when dataset.resize is null."""
+    paths = [p for part in parts.values() for p, _ in part.folder.samples]
+    width, height = sizes[paths[0]]
+    for path in paths:
+        if sizes[path] != (width, height):
+            w, h = sizes[path]
+            raise DataError(
+                f"{path}: {w}x{h} pixels, but {paths[0]} has {width}x{height}; set dataset.resize to give them one size"
+            )
+    return height, width
+
+
+def _few(items, shown: int = 3) -> str:
+    items = [str(i) for i in items]
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _warn(text: str) -> None:
+    """A warning in the run's log and, from the main rank, one line on stderr: the log alone goes unread."""
+    log.warning(text)
+    if ranks.is_main():
+        print(f"dlrun: warning: {text}", file=sys.stderr, flush=True)
+
+
+class ImageFiles:
+    """One split's image files with their class indices, each read by `loader` when asked for (in the
+    DataLoader's workers): the interface of torchvision's ImageFolder that FileSplit and FileLoader use."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], loader):
+        self.samples, self.classes, self.loader = samples, classes, loader
+        self.targets = [target for _, target in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[i]
+        return self.loader(path), target
 
 
 class ImageReader:
@@ -538,8 +730,10 @@ class ImageReader:
                     img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
                 array = np.array(img)
         except Exception as err:
+            # The check at load passed this file: its damage lies past the header.
             raise DataError(
-                f"{path}: cannot read this image: the file is truncated or not an image ({type(err).__name__}: {err})"
+                f"{path}: cannot read this image: the file is truncated or damaged ({type(err).__name__}: {err}); "
+                "replace or remove it"
             ) from None
         if self.size is None and self.expected is not None and array.shape[:2] != self.expected:
             raise DataError(
