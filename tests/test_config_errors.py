@@ -306,3 +306,185 @@ def test_hypothesis_keys_cover_the_issue_groups():
         "dataset.root",
     ):
         assert key in KEYS
+
+
+# ---- a user's own config folder (--config-dir): YAML that does not parse, a `_target_` that does not import ----
+
+
+def folder_error(folder, *overrides: str) -> tuple[str, int] | None:
+    """What `dlrun train --config-dir FOLDER OVERRIDES` would print and exit with, composed in-process: Hydra
+    reads FOLDER through the same file source whether it comes from --config-dir or hydra.searchpath."""
+    return error_for(f"hydra.searchpath=['file://{folder}']", *overrides)
+
+
+MLP = "_target_: dlrun.model.MLP\n"
+
+
+@pytest.mark.parametrize(
+    "path, text, where, what",
+    [
+        ("model/mynet.yaml", MLP + "hidden_sizes: [10]\n  dropout: 0.1\n", "line 3, column 3", "the indentation does not match"),
+        (
+            "model/mynet.yaml",
+            MLP + "hidden_sizes: [10]\ndropout: a: 0.1\n",
+            "line 3, column 11",
+            "mapping values are not allowed here",
+        ),
+        ("model/mynet.yaml", MLP + "hidden_sizes:\n\t- 10\n", "line 3, column 1", "a tab: YAML indents with spaces only"),
+        (
+            "model/mynet.yaml",
+            MLP + "hidden_sizes: [10, 20\ndropout: 0.1\n",
+            "line 2, column 15",
+            "this '[' is not closed: write a list as [1, 2]",
+        ),
+        ("model/mynet.yaml", MLP + "batch_norm: {a: 1\n", "line 2, column 13", "this '{' is not closed"),
+        (
+            "model/mynet.yaml",
+            MLP + "hidden_sizes: [10]\nhidden_sizes: [20]\n",
+            "line 3, column 1",
+            "hidden_sizes is set twice in one mapping (first on line 2)",
+        ),
+        ("model/mynet.yaml", MLP + 'activation: "relu\n', "line 2, column 13", "this quote is not closed"),
+        ("model/mynet.yaml", MLP + "hidden_sizes\n", "line 2, column 1", "this line has no ':': write 'key: value'"),
+        (
+            "model/mynet.yaml",
+            MLP + "activation: @relu\n",
+            "line 2, column 13",
+            "'@' cannot start a value: quote the value (activation: '@relu')",
+        ),
+        (
+            "model/mynet.yaml",
+            MLP + "hidden_sizes: ${oops\n",
+            "line 2",
+            "hidden_sizes: no viable alternative at input '${oops'; write an interpolation as ${other.key}",
+        ),
+        ("experiment/mine.yaml", "# @package _global_\ntrainer:\n\tepochs: 2\n", "line 3, column 1", "a tab"),
+    ],
+)
+def test_a_malformed_yaml_file_names_its_file_and_line(tmp_path, path, text, where, what):
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text(text)
+    message, code = folder_error(tmp_path, f"{path.split('/')[0]}={path.split('/')[1][:-5]}")
+    assert code == 2
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / path}, {where}: {what}"), message
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    """Modules of the user's own, importable as a run would import them: one fine, two broken on import."""
+    (tmp_path / "cfg_user_fine.py").write_text("class Net:\n    pass\n")
+    (tmp_path / "cfg_user_syntax.py").write_text("import math\ndef net(:\n    pass\n")
+    (tmp_path / "cfg_user_needs.py").write_text("import cfg_user_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "target, why",
+    [
+        ("cfg_user_nowhere.Net", "no such model class: no module named 'cfg_user_nowhere'; install it, or add the folder"),
+        ("cfg_user_fine.Nett", "no such model class: cfg_user_fine has no Nett; did you mean 'cfg_user_fine.Net'?"),
+        ("cfg_user_syntax.Net", "cannot be imported: importing cfg_user_syntax raised SyntaxError: invalid syntax ("),
+        (
+            "cfg_user_needs.Net",
+            "cannot be imported: importing cfg_user_needs raised ModuleNotFoundError: No module named 'cfg_user_not_installed' (",
+        ),
+    ],
+)
+def test_a_target_that_does_not_import_names_key_value_why_and_file(user_modules, target, why):
+    folder = user_modules / "configs"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "mynet.yaml").write_text(f"# my own network\n_target_: {target}\nhidden: 3\n")
+    message, code = folder_error(folder, "model=mynet")
+    assert code == 2
+    assert message.startswith(f"model._target_={target}: {why}"), message
+    assert message.endswith(f"; set in {folder / 'model' / 'mynet.yaml'}, line 2"), message
+    if "raised" in why:  # the user's own file and line at fault
+        module = target.split(".")[0]
+        assert f"{user_modules / module}.py, line {2 if 'syntax' in module else 1})" in message
+
+
+def test_a_target_from_an_interpolation_names_the_config_dir(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mynet.yaml").write_text("_target_: ${oc.env:DLRUN_TEST_UNSET_VARIABLE,cfg_user_nowhere.Net}\n")
+    message, code = folder_error(tmp_path, "model=mynet")
+    assert code == 2
+    assert message.startswith("model._target_=cfg_user_nowhere.Net: no such model class"), message
+    assert message.endswith(f"; set in your --config-dir {tmp_path}"), message
+    # typed on the command line, the target needs no file
+    message, _ = folder_error(tmp_path, "model=mynet", "model._target_=cfg_user_nowhere.Net")
+    assert "set in" not in message
+
+
+# ---- the override grammar: what is wrong, and how to write it ----
+
+
+@pytest.mark.parametrize(
+    "overrides, what, fix",
+    [
+        (["model.hidden_sizes=[1,2"], "the '[' is not closed", "write a list as model.hidden_sizes=[1,2]"),
+        (["model.hidden_sizes=[1,,2]"], "an empty item between commas", "write model.hidden_sizes=[1,2]"),
+        (["model.hidden_sizes=[1,2]]"], "a ']' without its '['", "write model.hidden_sizes=[1,2]"),
+        (["model.hidden_sizes={a:1"], "the '{' is not closed", "write a dict as model.hidden_sizes={a:1}"),
+        (["a=b=c"], "quote values with = in them", "\"a='b=c'\" (the outer quotes are for the shell)"),
+        (["key==1"], "one '=' goes between key and value", "write key=1"),
+        (["=1"], "no key before '='", "write KEY=VALUE"),
+        (["model.dropout=0.1)"], "a ')' without its '('", "write model.dropout=0.1"),
+        (["optimizer.lr=1e-3,"], "a trailing comma", "write optimizer.lr=1e-3"),
+        (["model.activation='relu"], "the ' quote is not closed", "write \"model.activation='relu'\""),
+        (['model.activation="relu'], 'the " quote is not closed', "write 'model.activation=\"relu\"'"),
+        (["trainer.epochs=${"], "the interpolation '${' is not closed", "write 'trainer.epochs=${other.key}'"),
+        (["optimizer.lr=1e-3;"], "';' cannot stand in an unquoted value", "quote the value, \"optimizer.lr='1e-3;'\""),
+        (["model.activation=choice(relu"], "the '(' is not closed", "write a call as model.activation=choice(relu)"),
+        (["+model.x"], "no value", "write +model.x=VALUE"),
+        (["model.dropout=0.1", "0.2"], "not KEY=VALUE", "quote the two as one: 'model.dropout=0.1 0.2'"),
+        (["~"], "names no key", "write ~KEY to delete a key or a group"),
+        (["+++model.x=1"], "write +KEY=VALUE to add a key", "++KEY=VALUE to add or override it"),
+        (["model..dropout=0.1"], "'model..dropout' is not a key", "write names joined by single dots"),
+        (["modle@x=cnn"], "no config group modle", "did you mean 'model'?"),
+        (["model@foo=cnn"], "the defaults list has no model@foo", "write model=cnn to choose the model, or +model@foo=cnn"),
+        (["~model=cnn"], "the defaults list has no model=cnn to delete", "~model deletes the model"),
+        (["hydra/launcher=nope"], "no such option", "(options: basic"),
+        (["hydra/launchr=basic"], "no such config group", "did you mean 'hydra/launcher'"),
+        (["trainer.epochs=glob(*)"], "a sweep runs one job per value", "add -m (dlrun train -m trainer.epochs=glob(*))"),
+    ],
+)
+def test_a_malformed_override_says_what_is_wrong_and_how_to_write_it(overrides, what, fix):
+    message, code = error_for(*overrides)
+    assert code == 2
+    assert "\n" not in message and "Error parsing" not in message, message
+    culprit = overrides[-1] if overrides[-1] != "hydra/launchr=basic" else "hydra/launchr"
+    assert message.startswith(f"{culprit}: {what}"), message
+    assert fix in message, message
+
+
+# ---- the same through the installed command: one line, the exit code, nothing started ----
+
+
+@pytest.mark.slow
+def test_cli_malformed_primary_config_in_config_dir(workdir):
+    (workdir / "cfg").mkdir()
+    (workdir / "cfg" / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\ntrainer:\n  epochs: 2\n   batch_size: 3\n")
+    proc = run_dlrun("train", "--config-dir", "cfg", "--config-name", "mine", cwd=workdir, check=False)
+    assert_one_line(proc, "cfg/mine.yaml, line 6, column 14: mapping values are not allowed here")
+    assert not (workdir / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_cli_target_that_does_not_import_names_its_file(workdir):
+    (workdir / "cfg" / "model").mkdir(parents=True)
+    (workdir / "cfg" / "model" / "mynet.yaml").write_text("_target_: cfg_user_broken.Net\n")
+    (workdir / "cfg_user_broken.py").write_text("class Net(:\n    pass\n")
+    proc = run_dlrun("train", "--config-dir", "cfg", "model=mynet", cwd=workdir, env={"PYTHONPATH": str(workdir)}, check=False)
+    line = assert_one_line(
+        proc, "model._target_=cfg_user_broken.Net: cannot be imported: importing cfg_user_broken raised SyntaxError"
+    )
+    assert line.endswith("(cfg_user_broken.py, line 1); set in cfg/model/mynet.yaml, line 1"), line
+    assert not list((workdir / "outputs" / "runs").glob("*")), "a run that never started leaves no directory"
+
+
+@pytest.mark.slow
+def test_cli_malformed_override(workdir):
+    proc = run_dlrun("train", "model.hidden_sizes=[50,50", cwd=workdir, check=False)
+    assert_one_line(proc, "model.hidden_sizes=[50,50: the '[' is not closed: write a list as model.hidden_sizes=[50,50]")

@@ -9,6 +9,9 @@ import contextlib
 import importlib
 import inspect
 import logging
+import os
+import pkgutil
+import traceback
 
 from hydra.utils import get_object
 from omegaconf import OmegaConf
@@ -17,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from dlrun.config.schema import REQUIRED, SCHEMA, Rule
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.nested import lookup
-from dlrun.core.text import did_you_mean, show_value
+from dlrun.core.text import did_you_mean, first_line, show_value
 
 # What each `_target_` must be: the key, what kind of thing, and a test on the located object.
 TARGETS = {
@@ -78,23 +81,75 @@ def _check_combinations(values: dict) -> None:
 
 
 def locate(key: str, target, kind: str, test=callable):
-    """The object a `_target_` names; a ConfigError with the closest valid name when there is none."""
+    """The object a `_target_` names; a ConfigError saying why there is none: no such module or name (with the
+    closest valid name for a typo), or a module that fails to import (with its error and where)."""
     if not isinstance(target, str) or not target:
         raise ConfigError(key, show_value(target), f"must be the dotted name of {_a(kind)}")
     try:
         with _quiet("hydra.utils"):  # get_object logs its failure as an error before raising it
             obj = get_object(target)
     except Exception:
-        module_name, _, _ = target.rpartition(".")
-        try:
-            module = importlib.import_module(module_name)
-            names = [f"{module_name}.{n}" for n in dir(module) if not n.startswith("_")]
-        except Exception:
-            names = []
-        raise ConfigError(key, target, f"no such {kind}{did_you_mean(target, names)}") from None
+        raise ConfigError(key, target, _why_not_found(target, kind)) from None
     if not test(obj):
         raise ConfigError(key, target, f"is not {_a(kind)}")
     return obj
+
+
+def _why_not_found(target: str, kind: str) -> str:
+    """Why `target` names nothing: walked as Hydra walks it, attributes first, then submodules."""
+    parts = target.split(".")
+    if not all(parts):
+        return f"must be the dotted name of {_a(kind)} (module.Name, without leading or doubled dots)"
+    obj, path = None, ""
+    for part in parts:
+        name = f"{path}.{part}" if path else part
+        if obj is not None and hasattr(obj, part):
+            obj, path = getattr(obj, part), name
+            continue
+        if obj is None or inspect.ismodule(obj):
+            try:
+                obj, path = importlib.import_module(name), name
+                continue
+            except ModuleNotFoundError as err:
+                if err.name != name:  # the module exists, but something it imports does not
+                    return _import_failed(name, err)
+            except Exception as err:  # whatever the user's module raises while it loads
+                return _import_failed(name, err)
+        return _missing(name, path, obj, kind)
+    return f"no such {kind}"
+
+
+def _missing(name: str, parent: str, obj, kind: str) -> str:
+    if not parent:
+        return f"no such {kind}: no module named '{name}'; install it, or add the folder that holds it to PYTHONPATH"
+    names = {n for n in dir(obj) if not n.startswith("_")}
+    if hasattr(obj, "__path__"):  # a package: its submodules count, imported or not
+        names.update(m.name for m in pkgutil.iter_modules(obj.__path__) if not m.name.startswith("_"))
+    suggestion = did_you_mean(name, sorted(f"{parent}.{n}" for n in names))
+    return f"no such {kind}: {parent} has no {name.rsplit('.', 1)[1]}{suggestion}"
+
+
+def _import_failed(module: str, err: BaseException) -> str:
+    """The user's own module (or one it imports) is broken: its error, and the file and line it comes from."""
+    if isinstance(err, SyntaxError) and err.filename:
+        text, filename, line = err.msg, err.filename, err.lineno
+    else:
+        text = first_line(str(err)) if str(err).strip() else ""
+        # the frames of importlib itself are named <frozen ...>: the last other one is the offending line
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<")]
+        filename, line = (frames[-1].filename, frames[-1].lineno) if frames else (None, None)
+    where = f" ({shown_path(filename)}, line {line})" if filename else ""
+    return f"cannot be imported: importing {module} raised {type(err).__name__}" + (f": {text}{where}" if text else where)
+
+
+def shown_path(path) -> str:
+    """A path as short as it can be said: relative to the working directory when inside it."""
+    path = os.path.abspath(path)
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # on another drive than the working directory
+        return path
+    return path if rel.startswith("..") else rel
 
 
 def check_arguments(group: str, target, node: dict, supplied=(), skip_first: bool = False) -> None:
