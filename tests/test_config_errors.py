@@ -55,6 +55,9 @@ def error_for(*overrides: str) -> tuple[str, int] | None:
         (["model.hidden_sizes=[100,0]"], "model.hidden_sizes=[100,0]: must be a list of integers >= 1"),
         (["model.hidden_sizes=[50,-5]"], "model.hidden_sizes=[50,-5]: must be a list of integers >= 1"),
         (["optimizer.nesterov=true"], "optimizer.nesterov=true: needs optimizer.momentum > 0"),
+        (["trainer.grad_clip=1"], "trainer.grad_clip=1: must be a block of keys; set one of them, e.g. trainer.grad_clip.max"),
+        (["trainer.grad_clip=0"], "trainer.grad_clip=0: must be a block of keys"),
+        (["initializer.fn=xavier"], "initializer.fn=xavier: must be a block of keys or null"),
         (
             ["model=resnet18", "model.freeze_backbone=true"],
             "model.freeze_backbone=true: needs pretrained weights, or only a head on a random backbone learns: "

@@ -81,6 +81,17 @@ def boolean(v):
     return None if isinstance(v, bool) else "must be true or false"
 
 
+def mapping(example: str, null: bool = False) -> Rule:
+    """A block of keys (a dict), as the shipped config has it: `trainer.grad_clip=1` is a typo for one of its keys."""
+
+    def rule(v):
+        if isinstance(v, dict) or (v is None and null):
+            return None
+        return f"must be a block of keys{' or null' if null else ''}; set one of them, e.g. {example}"
+
+    return rule
+
+
 def one_of(*options, null: bool = False) -> Rule:
     def rule(v):
         if (v is None and null) or (isinstance(v, str) and v in options):
@@ -177,6 +188,7 @@ SCHEMA: dict[str, Rule] = {
     "trainer.early_stopping.monitor": one_of(*TRAIN_OR_VAL),
     "trainer.early_stopping.mode": one_of("max", "min"),
     "trainer.early_stopping.min_delta": number(0),
+    "trainer.grad_clip": mapping("trainer.grad_clip.max_norm=1.0"),
     "trainer.grad_clip.max_norm": number(0, lo_open=True, null=True),
     "trainer.grad_clip.max_value": number(0, lo_open=True, null=True),
     "trainer.l1": number(0),
@@ -224,6 +236,7 @@ SCHEMA: dict[str, Rule] = {
     "model.resize": integer(1, null=True),
     # initializer
     "initializer.zero_bias": boolean,
+    "initializer.fn": mapping("initializer=kaiming_normal, or initializer.fn=null for PyTorch's own", null=True),
     "initializer.fn.mode": one_of("fan_in", "fan_out"),
     "initializer.fn.gain": number(),
     "initializer.fn.std": number(0),
