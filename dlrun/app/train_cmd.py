@@ -161,20 +161,27 @@ def _env(**values: str):
 
 # ---- `dlrun train resume=PATH|latest`: which run, and the command line that continues it ----
 
+LAST_PT, BEST_PT = "last.pt", "best.pt"
+
 
 def find_run(spec: str, cwd: Path) -> Path:
-    """The run directory that `resume=SPEC` names: a run directory, its last.pt, or `latest`."""
+    """The run directory that `resume=SPEC` names: a run directory, its last.pt or best.pt, or `latest`."""
     if spec == "latest":
-        found = sorted((cwd / "outputs").glob("**/last.pt"), key=lambda p: p.stat().st_mtime)
+        found = sorted((cwd / "outputs").glob(f"**/{LAST_PT}"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise ConfigError("resume", spec, f"no run with a last.pt under {cwd / 'outputs'}; pass its directory")
         return found[-1].parent.resolve()
     path = Path(spec).expanduser()
+    if path.name == BEST_PT and not path.is_file():
+        raise ConfigError("resume", spec, "no such file: best.pt is written at the end of the run's first epoch")
     if path.is_file():
         path = path.parent
     if not path.is_dir():
-        raise ConfigError("resume", spec, "must be a run directory, its last.pt, or latest")
-    if not (path / "last.pt").is_file():
+        raise ConfigError("resume", spec, "must be a run directory, its last.pt or best.pt, or latest")
+    if Path(spec).name != BEST_PT and not (path / LAST_PT).is_file():
+        if (path / BEST_PT).is_file():
+            best = quote_override(str(path.resolve() / BEST_PT))
+            raise ConfigError("resume", spec, f"has no last.pt; continue from best.pt's epoch with `dlrun train resume={best}`")
         raise ConfigError(
             "resume", spec, "has no last.pt to continue from: the run stopped before its first checkpoint, so start it again"
         )
@@ -182,11 +189,14 @@ def find_run(spec: str, cwd: Path) -> Path:
 
 
 def resume_args(args: list[str], run_dir: Path) -> list[str]:
-    """`dlrun train resume=X [KEY=VALUE...]` -> the run's own overrides, then the new ones, into its directory."""
-    from dlrun.engine.checkpoint import load  # torch, only when resuming
-
-    # last.pt's copy of the overrides: written atomically, unlike Hydra's .hydra/overrides.yaml
-    saved = load(run_dir / "last.pt").get("overrides")
+    """`dlrun train resume=X [KEY=VALUE...]` -> the run's own overrides, then the new ones, into its directory.
+    X naming best.pt continues from best.pt's epoch (`resume=RUN_DIR/best.pt`)."""
+    spec = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
+    from_best = Path(spec).name == BEST_PT
+    # Read whole (every checksum) before anything is written: a damaged file is refused here, the run untouched.
+    state = continuable_best(run_dir) if from_best else continuable_last(run_dir)
+    # the checkpoint's copy of the overrides: written atomically, unlike Hydra's .hydra/overrides.yaml
+    saved = state.get("overrides")
     if saved is None:
         saved = read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
     merged = {}
@@ -195,4 +205,50 @@ def resume_args(args: list[str], run_dir: Path) -> list[str]:
         if key not in ("resume", "hydra.run.dir"):
             merged[key] = override
     quoted = quote_override(str(run_dir))
-    return [*merged.values(), f"resume={quoted}", f"hydra.run.dir={quoted}"]
+    target = quote_override(str(run_dir / BEST_PT)) if from_best else quoted
+    return [*merged.values(), f"resume={target}", f"hydra.run.dir={quoted}"]
+
+
+def continuable_last(run_dir: Path) -> dict:
+    """last.pt, whole; when it cannot be read, one line that says whether best.pt can stand in for it."""
+    from dlrun.engine import checkpoint  # torch, only when resuming
+
+    try:
+        return checkpoint.load(run_dir / LAST_PT, verify=True)
+    except DlrunError as err:
+        raise DlrunError(f"{err}; {_best_instead(run_dir)}") from None
+
+
+def continuable_best(run_dir: Path) -> dict:
+    """best.pt, whole, with history.csv's rows up to its epoch; else one line that says whether last.pt can be used."""
+    from dlrun.engine import checkpoint
+
+    try:
+        return checkpoint.best_source(run_dir)[0]
+    except DlrunError as err:
+        try:
+            checkpoint.load(run_dir / LAST_PT, verify=True)
+        except DlrunError:
+            raise DlrunError(f"{err}; last.pt cannot be read either, so start the run again") from None
+        raise DlrunError(
+            f"{err}; last.pt is whole: continue from it with `dlrun train resume={quote_override(str(run_dir))}`"
+        ) from None
+
+
+def _best_instead(run_dir: Path) -> str:
+    """What the user can do when last.pt cannot be read: continue from best.pt's epoch, if best.pt can be."""
+    from dlrun.engine import checkpoint
+
+    best = run_dir / BEST_PT
+    if not best.is_file():
+        return "there is no best.pt to continue from either, so start the run again"
+    try:
+        state = checkpoint.best_source(run_dir)[0]
+    except DlrunError as err:
+        if str(err).startswith(str(best)):
+            return f"{err}: neither last.pt nor best.pt can be read, so start the run again"
+        return f"best.pt cannot stand in for it ({err}), so start the run again"
+    return (
+        f"best.pt can be read: continue from its epoch {state['epoch']} (training the epochs after it again) "
+        f"with `dlrun train resume={quote_override(str(best))}`"
+    )

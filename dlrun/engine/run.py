@@ -87,6 +87,8 @@ def run(cfg, ctx: RunContext) -> float:
     announce(cfg, parts, console, ctx.run_dir)
     if not resumed:
         save_last(cfg, parts, state, tracker, ctx, epoch=0, history=[], stop=False)  # a first epoch stopped can resume
+    elif resumed.get("source") == checkpoint.BEST:  # the damaged last.pt is replaced at once, not after an epoch
+        save_last(cfg, parts, state, tracker, ctx, epoch=resumed["epoch"], history=list(tracker.history), stop=False)
     outcome = fit_and_test(cfg, parts, state, tracker, console, ctx)
     return report(cfg, outcome, state, console, ctx)
 

@@ -10,12 +10,25 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dlrun.core.io import read_json, read_yaml
+from dlrun.core.io import MAX_CSV_BYTES, Unreadable, check_size, json_kind, load_json, read_yaml
 from dlrun.core.nested import lookup
 
 # Interpolations that mean something only inside the Hydra app that ran the job, or only at that moment:
 # resolved later they would fail, or give today's date. They stay as the saved config writes them.
 UNRESOLVABLE = ("${hydra:", "${now:")
+
+# The types of what the summaries read from metrics.json; a value of another type makes the run unreadable.
+NUMBER = (int, float)
+METRICS_TYPES = {
+    "status": (str,),
+    "monitor": (str,),
+    "error": (str,),
+    "best": (dict,),
+    "test": (dict,),
+    "diagnosis": (dict,),
+    "epochs_completed": NUMBER,
+    "wall_time_s": NUMBER,
+}
 
 
 def is_run(path: Path) -> bool:
@@ -40,24 +53,26 @@ class Run:
     choices: dict[str, str]
     metrics: dict
     history: list[dict]
+    problem: str | None = None  # why metrics.json or history.csv cannot be used: the run shows as unreadable
 
     @classmethod
     def load(cls, path: Path) -> "Run":
         hydra_dir = path / ".hydra"
         overrides = {}
-        for item in read_yaml(hydra_dir / "overrides.yaml") or []:
+        for item in _typed(read_yaml(hydra_dir / "overrides.yaml"), list):
             key, _, value = str(item).partition("=")
             overrides[key.lstrip("+~")] = value
-        hydra_cfg = read_yaml(hydra_dir / "hydra.yaml") or {}
-        choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-        return cls(
-            path,
-            overrides,
-            resolved(read_yaml(hydra_dir / "config.yaml") or {}),
-            choices,
-            read_json(path / "metrics.json"),
-            read_history(path / "history.csv"),
-        )
+        hydra_cfg = _typed(read_yaml(hydra_dir / "hydra.yaml"), dict)
+        runtime = _typed(_typed(hydra_cfg.get("hydra"), dict).get("runtime"), dict)
+        choices = _typed(runtime.get("choices"), dict)
+        metrics, history, problem = {}, [], None
+        try:
+            metrics = load_metrics(path / "metrics.json")
+            history = load_history(path / "history.csv")
+        except Unreadable as err:  # one damaged file: the run is a row that says why, the others are read as ever
+            metrics, history, problem = {}, [], str(err)
+        config = resolved(_typed(read_yaml(hydra_dir / "config.yaml"), dict))
+        return cls(path, overrides, config, choices, metrics, history, problem)
 
     def value(self, key: str) -> str:
         """A config value as text: a group's chosen option, else the key in the saved config; for `device`,
@@ -112,7 +127,7 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.metrics.get("status", "not started")
+        return "unreadable" if self.problem else self.metrics.get("status", "not started")
 
     @property
     def monitor(self) -> str:
@@ -123,11 +138,56 @@ class Run:
         return self.config.get("trainer", {}).get("mode", "max")
 
 
-def read_history(path: Path) -> list[dict]:
+def _typed(value, kind: type):
+    """A file of .hydra/ as the type it should have; missing or of another type, an empty one (Hydra writes
+    these files in place, so a crash can leave them cut)."""
+    return value if isinstance(value, kind) else kind()
+
+
+def load_metrics(path: Path) -> dict:
+    """metrics.json, checked for the types the summaries read; {} when there is none (a run not started);
+    Unreadable when it is too large, not JSON, or holds a value of the wrong type."""
+    metrics = load_json(path)
+    if metrics is None:
+        return {}
+    for key, kinds in METRICS_TYPES.items():
+        value = metrics.get(key)
+        if key in metrics and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise Unreadable(path, f'"{key}" is {json_kind(value)}, not {_kind_name(kinds)}')
+    for key in ("best", "test"):
+        for name, value in (metrics.get(key) or {}).items():
+            if value is not None and (not isinstance(value, NUMBER) or isinstance(value, bool)):
+                raise Unreadable(path, f'"{key}"."{name}" is {json_kind(value)}, not a number')
+    verdict = (metrics.get("diagnosis") or {}).get("verdict")
+    if verdict is not None and not isinstance(verdict, str):
+        raise Unreadable(path, f'"diagnosis"."verdict" is {json_kind(verdict)}, not a string')
+    return metrics
+
+
+def _kind_name(kinds: tuple) -> str:
+    return "a number" if kinds == NUMBER else {str: "a string", dict: "an object"}[kinds[0]]
+
+
+def load_history(path: Path) -> list[dict]:
+    """history.csv's rows as numbers (a cell that is not one: NaN); [] when there is none; Unreadable when
+    it is too large or not CSV text."""
     try:
-        with open(path, newline="") as f:
-            return [{k: float_or_nan(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except OSError:
+        check_size(path, MAX_CSV_BYTES)
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: float_or_nan(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise Unreadable(path, f"not CSV text ({err})") from None
+    except OSError as err:
+        raise Unreadable(path, f"cannot be read ({err.strerror})") from None
+
+
+def read_history(path: Path) -> list[dict]:
+    """history.csv's rows, [] when the file is missing or cannot be used."""
+    try:
+        return load_history(path)
+    except Unreadable:
         return []
 
 

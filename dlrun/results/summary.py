@@ -105,7 +105,7 @@ class Row:
             counts[run.status] = counts.get(run.status, 0) + 1
         if len(self.runs) == 1:
             run = self.runs[0]
-            error = run.metrics.get("error")
+            error = run.problem or run.metrics.get("error")  # unreadable: which file, and why
             return f"{run.status}: {error}" if error else run.status
         return ", ".join(f"{n} {s}" for s, n in counts.items())
 
@@ -485,7 +485,7 @@ def job_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
                 _csv(row.epochs),
                 _csv(row.time_s),
                 run.status,
-                run.metrics.get("error", ""),
+                run.problem or run.metrics.get("error", ""),
                 os.path.relpath(run.path, summary.out_dir),
             ]
         )
