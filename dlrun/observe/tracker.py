@@ -40,12 +40,13 @@ class Tracker:
         writer = SummaryWriter(log_dir=str(self.run_dir), **purge) if self.writes else _NullWriter()
         # Epoch-level entries use the epoch as their step, far below the purge step: what the old files hold of
         # them stays, so a resume writes only the (tag, step) pairs they lack, and each epoch shows once.
-        self.writer = _OnceWriter(writer, logged_below(self.run_dir, resume["step"] + 1)) if resume and self.writes else writer
+        self.present = logged_below(self.run_dir, resume["step"] + 1) if resume and self.writes else set()
+        self.writer = _OnceWriter(writer, self.present) if self.present else writer
         self.cfg = cfg
         if resume:
             self._relog_missing_epochs()
         # Written once: a resumed run adds them only if the killed one never got them to its file.
-        present = getattr(self.writer, "present", set())
+        present = self.present
         if ("custom_scalars__config__", 0) not in present:
             self.writer.file_writer.add_summary(dashboards.custom_scalars_summary(METRIC_NAMES))
         if cfg.logging.hparams:
@@ -100,7 +101,7 @@ class Tracker:
         """A grid of test images the model gets wrong, titled with their true and predicted classes."""
         wanted = self.cfg.logging.misclassified
         # A run killed while testing may have its grid in TensorBoard already: not a second pass for it.
-        if not (self.writes and wanted) or ("test/misclassified", epoch) in getattr(self.writer, "present", ()):
+        if not (self.writes and wanted) or ("test/misclassified", epoch) in self.present:
             return
         model.eval()
         images, titles = [], []
