@@ -295,6 +295,40 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(reference_run, tmp_p
     assert len(read_history(run)) == 3
 
 
+def test_a_full_disk_during_an_event_file_write_names_it_and_the_run_resumes(tmp_path):
+    """Checkpoints of a small MLP fit under the limit; the event file, with an image an epoch, outgrows it."""
+    run = tmp_path / "run"
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    args = ["trainer.epochs=10", "logging.graph=false", "logging.misclassified=0"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [DLRUN, "train", *args, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_disk,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.match(rf"dlrun: error: cannot write {re.escape(str(run))}/events\.out\.tfevents\.\S+: File too large\. ", line), (
+        line
+    )
+    assert read_metrics(run)["status"] == "failed"
+    stopped_at = len(read_history(run))
+    assert 1 <= stopped_at < 10
+    run_dlrun("train", f"resume={run}", cwd=tmp_path)
+    reference = tmp_path / "reference"
+    run_dlrun("train", *args, f"hydra.run.dir={reference}", cwd=tmp_path)
+    assert_same_as(run, reference)
+    images = {tag: steps for tag, steps in every_entry(run).items() if tag.startswith("images:")}
+    assert images == {tag: steps for tag, steps in every_entry(reference).items() if tag.startswith("images:")}
+
+
 @needs_cuda
 def test_cuda_out_of_memory_names_the_batch_size(tmp_path):
     # 256 images of 512x512 through 4096 channels need about a terabyte of activations.

@@ -3,6 +3,7 @@
 import csv
 import inspect
 import logging
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -41,7 +42,8 @@ class Tracker:
         # Epoch-level entries use the epoch as their step, far below the purge step: what the old files hold of
         # them stays, so a resume writes only the (tag, step) pairs they lack, and each epoch shows once.
         self.present = logged_below(self.run_dir, resume["step"] + 1) if resume and self.writes else set()
-        self.writer = _OnceWriter(writer, self.present) if self.present else writer
+        self.writer = _Writer(writer, self.present, self.run_dir) if self.writes else writer
+        _quiet_writer_thread()
         self.cfg = cfg
         if resume:
             self._relog_missing_epochs()
@@ -240,10 +242,12 @@ class Tracker:
                 figures.save_figure(figures.curves_figure(self.history), self.run_dir / "curves.png")
             except OSError as err:  # a full disk: the run's own error says so; the old figure stays
                 log.warning("curves.png not written: %s", err)
-        if status == "completed" and self.cfg.logging.hparams:
-            self.writer.file_writer.add_summary(self._session_end)
-        self.writer.close()
-        self.save_metrics(status=status)
+        try:
+            if status == "completed" and self.cfg.logging.hparams:
+                self.writer.file_writer.add_summary(self._session_end)
+            self.writer.close()
+        finally:  # the status reaches metrics.json even when the event file cannot take another byte
+            self.save_metrics(status=status)
 
 
 def confusions_markdown(cells: list[dict]) -> str:
@@ -275,25 +279,58 @@ def _best_epochs(history: list[dict], monitor: str, mode: str) -> set[int]:
     return epochs
 
 
-class _OnceWriter:
-    """A SummaryWriter that leaves out what the run's earlier event files already hold (a resumed run's
-    epoch-level entries), so that TensorBoard, reading the directory whole, shows each point once."""
+class _Writer:
+    """The run's SummaryWriter, with two duties. It leaves out what the run's earlier event files already
+    hold (a resumed run's epoch-level entries), so that TensorBoard, reading the directory whole, shows each
+    point once. And a write that fails (a full disk) names the event file, which TensorBoard's writer
+    thread does not."""
 
-    def __init__(self, writer, present: set[tuple[str, int]]):
-        self.writer, self.present = writer, present
+    def __init__(self, writer, present: set[tuple[str, int]], run_dir: Path):
+        self.writer, self.present, self.run_dir = writer, present, run_dir
 
     def __getattr__(self, name):
         method = getattr(self.writer, name)
-        if not name.startswith("add_") or name in ("add_custom_scalars", "add_graph", "add_hparams"):
+        if not callable(method):
             return method
 
-        def add_once(tag, *args, **kwargs):
-            step = inspect.signature(method).bind_partial(tag, *args, **kwargs).arguments.get("global_step")
-            if step is not None and (_suffixed(name, tag), step) in self.present:
+        def call(*args, **kwargs):
+            if name.startswith("add_") and args and self._present(name, method, args, kwargs):
                 return None
-            return method(tag, *args, **kwargs)
+            try:
+                return method(*args, **kwargs)
+            except OSError as err:
+                if err.filename:
+                    raise
+                raise OSError(err.errno, err.strerror, str(self._event_file())) from err
 
-        return add_once
+        return call
+
+    def _present(self, name: str, method, args, kwargs) -> bool:
+        if not self.present or name in ("add_custom_scalars", "add_graph", "add_hparams"):
+            return False
+        step = inspect.signature(method).bind_partial(*args, **kwargs).arguments.get("global_step")
+        return step is not None and (_suffixed(name, args[0]), step) in self.present
+
+    def _event_file(self) -> Path:
+        files = sorted(self.run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+        return files[-1] if files else self.run_dir / "events.out.tfevents.*"
+
+
+def _quiet_writer_thread() -> None:
+    """TensorBoard's writer thread prints a traceback when a write fails, then the run's next write raises
+    the same error, which dlrun reports in one line: the thread's own report goes to the log only."""
+    if getattr(threading.excepthook, "dlrun", False):
+        return
+    default = threading.excepthook
+
+    def hook(args):
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            log.warning("TensorBoard's event writer stopped: %s", args.exc_value)
+            return
+        default(args)
+
+    hook.dlrun = True
+    threading.excepthook = hook
 
 
 def _suffixed(method: str, tag: str) -> str:
