@@ -4,6 +4,7 @@ The sweeps' own compare tests are in test_sweeps.py, beside the sweeps they read
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,17 @@ def test_compare_errors_are_one_line(tiny, tmp_path):
     assert not (tmp_path / "typo").exists()
     proc = run_dlrun("compare", str(tiny), "--rank-by", "val/loss@median", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "val/loss@median: not a column" in proc.stderr
+
+
+def test_compare_leaves_out_never_started_run_directories_unless_asked(tiny, tmp_path):
+    """A leftover holding only Hydra's .hydra/ (a run killed before its first write) is not a row by default."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    shutil.copytree(tiny, folder / "done")
+    (folder / "leftover" / ".hydra").mkdir(parents=True)
+    shutil.copy(tiny / ".hydra" / "config.yaml", folder / "leftover" / ".hydra" / "config.yaml")
+    out = run_dlrun("compare", str(folder), "--out", str(tmp_path / "a"), cwd=tmp_path)
+    assert "1 never-started run directory left out; --all shows them" in out.stdout
+    assert [Path(r["path"]).name for r in rows_of(tmp_path / "a")] == ["done"]
+    run_dlrun("compare", str(folder), "--all", "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert sorted(Path(r["path"]).name for r in rows_of(tmp_path / "b")) == ["done", "leftover"]

@@ -43,6 +43,9 @@ def main(args: list[str]) -> None:
         help=f"the table's metric columns, e.g. train/loss@last,val/loss@min,test/f1_micro. {COLUMNS_HELP}. Default: a "
         "sweep's own, else the best monitored value, its epoch, test accuracy and F1",
     )
+    parser.add_argument(
+        "--all", action="store_true", help="also list run directories that never started (only Hydra's .hydra/ in them)"
+    )
     opts = parser.parse_args(args)
     paths = [Path(p) for p in opts.paths]
     for path in paths:
@@ -58,7 +61,7 @@ def main(args: list[str]) -> None:
         out = Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
     if out.exists() and not out.is_dir():
         raise DlrunError(f"--out {out}: is a file, not a directory")
-    summarize(paths, out, choice=_choice(opts, paths), strict=True)
+    summarize(paths, out, choice=_choice(opts, paths), strict=True, started_only=not opts.all)
 
 
 def _choice(opts, paths: list[Path]) -> SummaryChoice:

@@ -579,13 +579,24 @@ def curves_figure(summary: Summary):
 
 
 def summarize(
-    paths: list[Path], out_dir: Path, what: str = "runs", choice: SummaryChoice | None = None, strict: bool = False
+    paths: list[Path],
+    out_dir: Path,
+    what: str = "runs",
+    choice: SummaryChoice | None = None,
+    strict: bool = False,
+    started_only: bool = False,
 ) -> Summary:
     """The summary over every run in `paths` (run or sweep directories), printed and written to `out_dir`.
-    `strict`: a chosen column that no finished run has is an error (`dlrun compare`), not a note (a sweep's end)."""
+    `strict`: a chosen column that no finished run has is an error (`dlrun compare`), not a note (a sweep's end).
+    `started_only`: leave out directories of runs that never started (no metrics.json: only Hydra's `.hydra/`)."""
     run_dirs: list[Path] = []
     for path in paths:
         run_dirs += [p for p in find_runs(Path(path)) if p not in run_dirs]
+    if started_only:
+        hidden = [p for p in run_dirs if not (p / "metrics.json").is_file()]
+        run_dirs = [p for p in run_dirs if p not in hidden]
+        if hidden:
+            print(f"({len(hidden)} never-started run director{'y' if len(hidden) == 1 else 'ies'} left out; --all shows them)")
     if not run_dirs:
         raise DlrunError(f"no runs found in {', '.join(map(str, paths))} (a run directory holds metrics.json)")
     # Within one sweep the swept values name the rows; runs from anywhere else are named by their path too.
