@@ -319,6 +319,7 @@ def test_a_full_disk_during_an_event_file_write_names_it_and_the_run_resumes(tmp
         line
     )
     assert read_metrics(run)["status"] == "failed"
+    assert "File too large" in read_metrics(run)["error"] and "run failed: OSError" in (run / "train.log").read_text()
     stopped_at = len(read_history(run))
     assert 1 <= stopped_at < 10
     run_dlrun("train", f"resume={run}", cwd=tmp_path)

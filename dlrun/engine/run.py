@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from dlrun.core.errors import DlrunError
 from dlrun.core.faultpoints import kill_point
 from dlrun.core.ranks import is_main, world_size
+from dlrun.core.text import first_line
 from dlrun.data import Data, load_data, make_loaders
 from dlrun.engine import checkpoint, ddp, faults
 from dlrun.engine.build import Built, build, check
@@ -216,10 +218,23 @@ def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console:
         status = "interrupted"
         raise
     except torch.cuda.OutOfMemoryError as err:
-        raise faults.out_of_memory(err, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, parts.device) from err
+        error = faults.out_of_memory(err, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, parts.device)
+        record_error(tracker, error)
+        raise error from err
+    except Exception as err:
+        record_error(tracker, err)
+        raise
     finally:
         close_tracker(tracker, status)
     return outcome
+
+
+def record_error(tracker: Tracker, err: BaseException) -> None:
+    """The failure in the run's own files, so that its directory says why it stopped (the command's line says it too)."""
+    line = str(err) if isinstance(err, DlrunError) else f"{type(err).__name__}: {first_line(str(err))}"
+    log.error("run failed: %s", line)
+    with contextlib.suppress(OSError):  # a full disk may refuse this too; the command's line still says it
+        tracker.save_metrics(error=line)
 
 
 def diagnose_run(cfg, tracker: Tracker, state: LoopState, outcome: "Outcome") -> None:
