@@ -4,14 +4,18 @@ epochs of a small MLP on digits or the spiral set."""
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
 import statistics
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import needs_module, run_dlrun
+from helpers import DLRUN, needs_module, run_dlrun
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 from test_train_run import finished_run
@@ -290,6 +294,40 @@ def test_joblib_runs_two_jobs_in_parallel_and_seeds_are_grouped(configs, tmp_pat
     assert f"{mean:.4f} ± {std:.4f}" in row and "2 completed" in row
     markdown = (sweep_dir / "summary.md").read_text()
     assert "mean ± std over seeds" in markdown and f"{mean:.4f} ± {std:.4f}" in markdown
+
+
+@pytest.mark.slow
+@needs_module("hydra_plugins.hydra_joblib_launcher", "cluster")
+def test_sigterm_stops_a_joblib_sweep_and_the_same_command_finishes_it(tmp_path):
+    """Two workers, three jobs: SIGTERM to the command once both workers train. The running jobs stop as
+    interrupted, the third never starts; the same command resumes the two and runs the third, and each job
+    ends with the numbers of a run never stopped."""
+    sweep_dir = tmp_path / "S"
+    args = [DLRUN, "train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.momentum=0,0.5,0.9"]
+    args += ["trainer.epochs=200", "logging.confusion_matrix_every=0", "logging.graph=false", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, **WIDE}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while sum((d / "history.csv").is_file() for d in sweep_dir.glob("optimizer.*")) < 2:  # both workers in an epoch
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("dlrun: error: stopped by SIGTERM: each running job saved its state")
+    assert "Traceback" not in err
+    statuses = {name: metrics(d)["status"] if (d / "metrics.json").is_file() else None for name, d in job_dirs(sweep_dir).items()}
+    assert sorted(s for s in statuses.values() if s) == ["interrupted", "interrupted"], statuses
+    assert "not started: the sweep was stopped" in out
+
+    again = run_dlrun(*args[1:], cwd=tmp_path, env=WIDE)
+    assert again.stdout.count("resuming (previous attempt: interrupted)") == 2
+    jobs = job_dirs(sweep_dir)
+    assert {metrics(d)["status"] for d in jobs.values()} == {"completed"} and len(jobs) == 3
+    stopped = next(n for n, s in statuses.items() if s == "interrupted")
+    reference = dlrun.train([*args[6:9], stopped, f"hydra.run.dir={tmp_path / 'reference'}"])
+    assert metrics(jobs[stopped])["test"] == reference.metrics["test"]
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import open_dict
 
 from dlrun.app.explain import describe
 from dlrun.app.launch import run_on_devices
@@ -21,6 +22,7 @@ from dlrun.core.errors import DlrunError
 from dlrun.core.io import read_json, write_json
 from dlrun.core.lock import LOCK_NAME, DirLock
 from dlrun.core.ranks import started_as_rank, world_size
+from dlrun.engine import faults
 from dlrun.engine.run import RunContext
 from dlrun.observe.console import Console
 from dlrun.results.summary import FINISHED
@@ -41,22 +43,44 @@ def run_job(cfg, ctx: RunContext, verbose: bool = False) -> float:
     console = Console()
     name = os.path.relpath(ctx.run_dir, HydraConfig.get().sweep.dir)
     monitor = cfg.trainer.monitor
+    if sweep_stopping():
+        console.print(f"{name}: not started: the sweep was stopped (the same command runs it)")
+        return math.nan
     previous = read_json(ctx.run_dir / "metrics.json")
     status = previous.get("status")
     if status in FINISHED and previous.get("monitor", monitor) == monitor:
         console.print(f"{name}: skipped, already {status} in {ctx.run_dir}")
         return float(previous.get("best", {}).get(monitor, math.nan))
-    if status is not None:
+    # Stopped (SIGTERM) or killed (status still running): its last.pt continues it. The sweep's lock
+    # on its directory means no other process is running it now.
+    if status in ("interrupted", "running") and (ctx.run_dir / "last.pt").is_file():
+        console.print(f"{name}: resuming (previous attempt: {status})")
+        with open_dict(cfg):
+            cfg.resume = str(ctx.run_dir)
+    elif status is not None:
         console.print(f"{name}: rerunning (previous attempt: {status})")
         clear_attempt(ctx.run_dir)
     try:
         return run_on_devices(cfg, ctx, verbose)
+    except faults.Interrupted as err:  # metrics.json says interrupted; the sweep stops, the job resumes next time
+        console.print(f"{name}: {err.message}")
+        return math.nan
     except Exception as err:  # noqa: BLE001 - any job error is reported in the summary, not raised
         reason = failure_reason(err)
         log.error("job failed: %s", reason, exc_info=err)
         record_failure(ctx.run_dir, reason)
         console.print(f"{name}: failed: {reason}")
         return math.nan
+
+
+# Set by `dlrun train` to a file that exists once the sweep was told to stop (SIGTERM): a job that a
+# launcher's worker takes up after that does not start.
+STOP_ENV = "DLRUN_SWEEP_STOP"
+
+
+def sweep_stopping() -> bool:
+    path = os.environ.get(STOP_ENV)
+    return bool(path) and Path(path).exists()
 
 
 def failure_reason(err: BaseException) -> str:

@@ -6,8 +6,10 @@ engine when a job actually runs."""
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,14 +57,70 @@ def run_train_app(args: list[str], verbose: bool = False) -> Launched:
             mine = {lock.folder.resolve() for lock in held}
             held += [locks.enter_context(lock) for lock in named_dirs(args) if lock.folder.resolve() not in mine]
             locks.callback(_remove_unused, held)
-        with _argv(args), _env(HYDRA_FULL_ERROR="1"):  # Hydra re-raises errors instead of exiting
-            _hydra_app(launched, failures, verbose, {lock.folder.resolve() for lock in held})()
+        stop_file, stopped = Path(tmp) / "stop", []
+        # HYDRA_FULL_ERROR: Hydra re-raises errors instead of exiting. DLRUN_SWEEP_STOP: see forward_sigterm.
+        with _argv(args), _env(HYDRA_FULL_ERROR="1", DLRUN_SWEEP_STOP=str(stop_file)), forward_sigterm(stop_file, stopped):
+            try:
+                _hydra_app(launched, failures, verbose, {lock.folder.resolve() for lock in held})()
+            except Exception:
+                if not stopped:
+                    raise
+        if stopped:
+            raise SweepStopped(len(launched.run_dirs))
         if failures:
             raise failures[0]
         outcome = read_json(report)
     if outcome:
         check_sweep(outcome, launched)
     return launched
+
+
+class SweepStopped(DlrunError):
+    exit_code = 143
+
+    def __init__(self, _jobs: int):
+        super().__init__(
+            "stopped by SIGTERM: each running job saved its state as interrupted; run the same command again "
+            "to resume those and run the rest (finished jobs are skipped)"
+        )
+
+
+@contextlib.contextmanager
+def forward_sigterm(stop_file: Path, stopped: list):
+    """SIGTERM to a sweep whose jobs run in worker processes (joblib, submitit's local executor): each
+    worker's run stops at its next step and saves, as a single run does, and no further job starts.
+    Without workers the signal does what it did before: a run's own handler, or the process ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        workers = _children()
+        if not workers:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        stopped.append(signum)
+        stop_file.touch()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _children() -> list[int]:
+    """The processes this one started (Linux: /proc); none elsewhere."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Path]):
