@@ -18,6 +18,7 @@ import yaml
 from helpers import DLRUN, needs_module, run_dlrun
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train_run import finished_run
 
 import dlrun
@@ -259,12 +260,15 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_reruns_the_rest(configs, fail
     proc = dlrun_sweep(configs, tmp_path, sweep_dir, "model.dropout=0,0.2,1.5", check=False)
     assert proc.returncode == 1
     assert "model.dropout=0: skipped, already completed" in proc.stdout
-    assert "model.dropout=0.2: rerunning (previous attempt: running)" in proc.stdout
+    assert "model.dropout=0.2: resuming (previous attempt: running)" in proc.stdout, "its last.pt continues it"
     assert "model.dropout=1.5: rerunning (previous attempt: failed)" in proc.stdout
     assert own_events(jobs["model.dropout=0"]) == done_events
     assert (jobs["model.dropout=0"] / "metrics.json").stat().st_mtime_ns == done_mtime
-    new_events = own_events(jobs["model.dropout=0.2"])
-    assert len(new_events) == 1 and new_events != old_events, "one attempt's curves per run in TensorBoard"
+    assert set(old_events) < set(own_events(jobs["model.dropout=0.2"])), "the attempt's curves kept, the resume's added"
+    acc = EventAccumulator(str(jobs["model.dropout=0.2"]), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("val/loss")]
+    assert steps == sorted(set(steps)) and len(acc.Scalars("test/loss")) == 1, "each point once"
     assert metrics(jobs["model.dropout=0.2"])["status"] == "completed"
     assert metrics(jobs["model.dropout=1.5"])["status"] == "failed"
     assert len(summary_rows(sweep_dir)) == 3
