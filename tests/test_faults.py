@@ -350,3 +350,28 @@ def test_cuda_out_of_memory_names_the_batch_size(tmp_path):
     assert line.startswith("dlrun: error: CUDA out of memory on cuda")
     assert "trainer.batch_size=256" in line and "try trainer.batch_size=128" in line
     assert read_metrics(tmp_path / "run")["status"] == "failed"
+
+
+@pytest.mark.parametrize("name", ["last.pt", "pr_curve.png", "curves.png", "summary.md"])
+def test_a_full_disk_at_any_write_is_one_line_naming_the_file(tmp_path, name):
+    """The disk fills (ENOSPC) exactly when `name` is written: a checkpoint, a figure of the test, the curves
+    at the end, the sweep's summary. One line names it, and what was written before stays readable."""
+    args = ["trainer.epochs=2", "logging.graph=false", "logging.misclassified=0"]
+    sweep = name == "summary.md"
+    target = tmp_path / ("S" if sweep else "run")
+    where = ["-m", f"hydra.sweep.dir={target}", "optimizer.momentum=0,0.5"] if sweep else [f"hydra.run.dir={target}"]
+    proc = run_dlrun("train", *where, *args, cwd=tmp_path, check=False, env={"DLRUN_FULL_DISK": name})
+    assert proc.returncode in (1, 2), proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert re.match(
+        rf"dlrun: error: cannot write {re.escape(str(target))}/(\S+/)?{re.escape(name)}: No space left on device", line
+    ), line
+    assert "Traceback" not in proc.stderr
+    runs = [target] if not sweep else [d for d in target.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    for run in runs:
+        assert_artefacts_readable(run)
+    if name == "last.pt":  # its first checkpoint, before epoch 1 (a later one: test_a_full_disk_is_one_line...)
+        assert read_metrics(target)["status"] == "failed" and "No space left" in read_metrics(target)["error"]
+        assert not (target / "last.pt").exists() and not list(target.glob(".*.tmp"))
+    elif not sweep:
+        assert read_metrics(target)["status"] in ("completed", "failed") and (target / "best.pt").is_file()

@@ -91,6 +91,18 @@ def record_sweep(sweep_dir: Path, overrides: list[str], params: dict | None, exc
     write_json(path, record)
 
 
+def summary_error(err: Exception) -> str:
+    """The one line the command ends with when the summary could not be written."""
+    if isinstance(err, DlrunError):
+        return str(err)
+    if isinstance(err, OSError) and err.filename:  # a full disk, a folder made read-only
+        return (
+            f"cannot write {err.filename}: {err.strerror}. The jobs' own files are intact; free some space, then "
+            "run the same command again (finished jobs are skipped, and the summary is written anew)"
+        )
+    return f"{type(err).__name__}: {first_line(str(err))}"
+
+
 class SweepSummary(Callback):
     """The summary at the end of every sweep, whatever the launcher or sweeper.
 
@@ -120,7 +132,7 @@ class SweepSummary(Callback):
             summarize([sweep_dir], sweep_dir, what="jobs", choice=self.choice)
         except Exception as err:  # noqa: BLE001 - reported through the report file, then raised by the command
             log.error("sweep summary failed", exc_info=err)
-            outcome["error"] = str(err) if isinstance(err, DlrunError) else f"{type(err).__name__}: {first_line(str(err))}"
+            outcome["error"] = summary_error(err)
         try:  # HParams' columns and metrics for the whole sweep; without it TensorBoard still lists every job
             from dlrun.observe.dashboards import write_sweep_experiment  # tensorboard's protos: only once a sweep ends
 

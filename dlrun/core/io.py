@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from dlrun.core.errors import DlrunError
+from dlrun.core.faultpoints import full_disk
 
 # What a run's own files can reach: metrics.json and the YAML files are a few kilobytes, history.csv
 # about one kilobyte an epoch. Past these a file is not what dlrun wrote, and it is not parsed.
@@ -37,6 +38,7 @@ def atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
+            full_disk(path)
             write(f)
             f.flush()
             os.fsync(f.fileno())

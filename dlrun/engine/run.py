@@ -88,7 +88,12 @@ def run(cfg, ctx: RunContext) -> float:
     tracker = open_tracker(cfg, parts, ctx, resumed)
     announce(cfg, parts, console, ctx.run_dir)
     if not resumed:
-        save_last(cfg, parts, state, tracker, ctx, epoch=0, history=[], stop=False)  # a first epoch stopped can resume
+        try:  # a first epoch stopped can resume
+            save_last(cfg, parts, state, tracker, ctx, epoch=0, history=[], stop=False)
+        except OSError as err:
+            record_error(tracker, err)
+            close_tracker(tracker, "failed")
+            raise
     elif resumed.get("source") == checkpoint.BEST:  # the damaged last.pt is replaced at once, not after an epoch
         save_last(cfg, parts, state, tracker, ctx, epoch=resumed["epoch"], history=list(tracker.history), stop=False)
     outcome = fit_and_test(cfg, parts, state, tracker, console, ctx)

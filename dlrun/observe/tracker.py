@@ -237,17 +237,21 @@ class Tracker:
             write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
 
     def close(self, status: str) -> None:
+        unwritten = None
         if self.history and self.writes:
             try:
                 figures.save_figure(figures.curves_figure(self.history), self.run_dir / "curves.png")
-            except OSError as err:  # a full disk: the run's own error says so; the old figure stays
+            except OSError as err:  # a full disk: the old figure stays; a completed run still says so, below
                 log.warning("curves.png not written: %s", err)
+                unwritten = err
         try:
             if status == "completed" and self.cfg.logging.hparams:
                 self.writer.file_writer.add_summary(self._session_end)
             self.writer.close()
         finally:  # the status reaches metrics.json even when the event file cannot take another byte
             self.save_metrics(status=status)
+        if unwritten is not None and status == "completed":
+            raise unwritten
 
 
 def confusions_markdown(cells: list[dict]) -> str:
