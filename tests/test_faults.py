@@ -142,7 +142,13 @@ def test_ctrl_c_exits_130_with_the_state_kept(tmp_path):
 
 # Where a run can be killed (dlrun.core.faultpoints): mid-epoch at a step, once best.pt or last.pt is
 # written, once an epoch is in the event file but not yet in history.csv, once the test is logged.
-KILL_ARGS = ("trainer.epochs=3", "trainer.log_every_n_steps=5", "logging.graph=false", "logging.pr_curves=1")
+KILL_ARGS = (
+    "trainer.epochs=3",
+    "trainer.log_every_n_steps=5",
+    "logging.graph=false",
+    "logging.pr_curves=1",
+    "logging.histograms_every=1",
+)
 KILL_POINTS = [("step", n) for n in range(1, 3 * STEPS_PER_EPOCH + 1)] + [
     (name, n) for name in ("best_saved", "last_saved", "epoch_flushed") for n in (1, 2, 3)
 ]
