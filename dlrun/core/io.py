@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from dlrun.core.errors import DlrunError
-from dlrun.core.faultpoints import full_disk
+from dlrun.core.faultpoints import full_disk, kill_point
 
 # What a run's own files can reach: metrics.json and the YAML files are a few kilobytes, history.csv
 # about one kilobyte an epoch. Past these a file is not what dlrun wrote, and it is not parsed.
@@ -42,6 +42,7 @@ def atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        kill_point("file_written")  # the new version complete beside the old one, not yet renamed over it
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):

@@ -160,6 +160,10 @@ def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tr
         **({"resumed_from": {"epoch": resumed["epoch"], "step": resumed["step"]}} if resumed else {}),
         **({"skipped_files": parts.data.skipped} if getattr(parts.data, "skipped", None) else {}),
     }
+    if not resumed and is_main() and not (ctx.run_dir / "last.pt").exists():
+        # An attempt killed before its first checkpoint left curves that nothing can continue: not a second run here.
+        for stale in ctx.run_dir.glob("events.out.tfevents.*"):
+            stale.unlink()
     tracker = Tracker(ctx.run_dir, cfg, parts.data.classes, info=info, resume=resumed, overrides=ctx.overrides)
     if not resumed:
         tracker.log_graph(parts.built.model, torch.zeros(1, *parts.data.in_shape, device=parts.device))
