@@ -259,14 +259,24 @@ def confusions_markdown(cells: list[dict]) -> str:
     return markdown_table(["true", "predicted as", "count", "share of the true class"], rows)
 
 
+# The plugins whose entries TensorBoard keeps beyond the purge step when a run restarts (they are tensor
+# summaries: its purge covers scalars, images, histograms and audio).
+UNPURGED = ("pr_curves", "text")
+
+
 def logged_below(run_dir: Path, below: int) -> set[tuple[str, int]]:
-    """Every (tag, step) the run directory's event files hold with a step below `below`, whatever the plugin."""
+    """Every (tag, step) the run directory's event files hold that a resumed run must not write again: all
+    of them below `below` (the purge step), and beyond it the tensor entries (PR curves, texts), which
+    TensorBoard's purge at a restart leaves in place, unlike scalars, images and histograms."""
     present = set()
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         try:
             for event in EventFileLoader(str(path)).Load():
-                if event.step < below:
-                    present.update((value.tag, event.step) for value in event.summary.value)
+                present.update(
+                    (value.tag, event.step)
+                    for value in event.summary.value
+                    if event.step < below or value.metadata.plugin_data.plugin_name in UNPURGED
+                )
         except Exception as err:  # noqa: BLE001 - a damaged file: what it holds cannot be skipped
             log.warning("%s: could not read all of it (%s)", path, err)
     return present
