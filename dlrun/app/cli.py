@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "train": "train a model, or one per combination with -m (a Hydra app: see `dlrun train --help`)",
     "compare": "one table and plot over existing run or sweep directories (see `dlrun compare --help`)",
     "eval": "evaluate a saved run or checkpoint again, on test, val or another dataset (see `dlrun eval --help`)",
+    "runs": "list the runs under some folders, newest first, with status and scores (see `dlrun runs --help`)",
+    "lr-find": "the learning-rate range test: suggests optimizer.lr for a train config (see `dlrun lr-find --help`)",
 }
 
 
@@ -40,8 +42,10 @@ def print_help() -> None:
         "  dlrun train -m optimizer.momentum=0,0.1,0.2,0.4,0.5",
         "  dlrun train experiment=activation              # one of the course's comparisons",
         "  dlrun compare outputs/sweeps/<dir> outputs/runs/<dir>",
+        "  dlrun runs --status running,crashed --since 2d    # find runs again",
         "  dlrun train resume=latest                      # continue a stopped run from its last.pt",
         "  dlrun eval outputs/runs/<dir> split=val        # evaluate a saved run again",
+        "  dlrun lr-find model=cnn optimizer=adam         # suggest an lr, and the train command that uses it",
         "  tensorboard --logdir outputs",
         "",
         "Options: --help, --version. Set HYDRA_FULL_ERROR=1 or pass --verbose to see tracebacks.",
@@ -98,6 +102,14 @@ def run_command(command: str, args: list[str], verbose: bool) -> None:
         from dlrun.app.eval_cmd import main as eval_main
 
         eval_main(args)
+    elif command == "runs":
+        from dlrun.app.runs_cmd import main as runs_main
+
+        runs_main(args)
+    elif command == "lr-find":
+        from dlrun.app.lr_find_cmd import run_lr_find_app
+
+        run_lr_find_app(args)
 
 
 def entry() -> None:

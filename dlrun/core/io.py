@@ -127,10 +127,14 @@ def json_kind(value) -> str:
     return "a list" if isinstance(value, list) else "an object"
 
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: Path):
     """The YAML in `path`, through the safe loader; None when the file is missing, too large, or not YAML."""
     try:
         check_size(path, MAX_YAML_BYTES)
-        return yaml.safe_load(Path(path).read_text())
+        # libyaml's parser where PyYAML has it: the same safe loader, ~8x faster (`dlrun runs` reads two files per run)
+        return yaml.load(Path(path).read_text(), Loader=SAFE_LOADER)
     except (OSError, UnicodeDecodeError, Unreadable, yaml.YAMLError):
         return None

@@ -3,9 +3,12 @@
 import csv
 import inspect
 import logging
+import os
+import socket
 import threading
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,10 @@ class Tracker:
         self.classes = classes
         self.history: list[dict] = list(resume["history"]) if resume else []
         self.start = time.time() - (resume["wall_time_s"] if resume else 0)
-        self.metrics = {"status": "running", **info}
+        # Who runs it, so that `dlrun runs` can tell a live run from one whose process died (on this host, by its lock).
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        attempt = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
+        self.metrics = {"status": "running", **info, **attempt, "epochs_planned": cfg.trainer.epochs}
         # In a multi-process run only rank 0 writes; the others keep the same history in memory.
         self.writes = ranks.is_main()
         # Resuming, TensorBoard drops what the old event files hold after last.pt's step (the

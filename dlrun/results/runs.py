@@ -28,6 +28,11 @@ METRICS_TYPES = {
     "diagnosis": (dict,),
     "epochs_completed": NUMBER,
     "wall_time_s": NUMBER,
+    "model": (str,),
+    "dataset": (str,),
+    "host": (str,),
+    "started": (str,),
+    "epochs_planned": NUMBER,
 }
 
 
@@ -56,7 +61,8 @@ class Run:
     problem: str | None = None  # why metrics.json or history.csv cannot be used: the run shows as unreadable
 
     @classmethod
-    def load(cls, path: Path) -> "Run":
+    def load(cls, path: Path, resolve: bool = True) -> "Run":
+        """`resolve`: the saved config with its interpolations resolved (a few ms a run; see `resolved`)."""
         hydra_dir = path / ".hydra"
         overrides = {}
         for item in _typed(read_yaml(hydra_dir / "overrides.yaml"), list):
@@ -71,7 +77,8 @@ class Run:
             history = load_history(path / "history.csv")
         except Unreadable as err:  # one damaged file: the run is a row that says why, the others are read as ever
             metrics, history, problem = {}, [], str(err)
-        config = resolved(_typed(read_yaml(hydra_dir / "config.yaml"), dict))
+        config = _typed(read_yaml(hydra_dir / "config.yaml"), dict)
+        config = resolved(config) if resolve else config
         return cls(path, overrides, config, choices, metrics, history, problem)
 
     def value(self, key: str) -> str:
@@ -131,11 +138,11 @@ class Run:
 
     @property
     def monitor(self) -> str:
-        return self.metrics.get("monitor") or self.config.get("trainer", {}).get("monitor", "val/f1")
+        return self.metrics.get("monitor") or _typed(self.config.get("trainer"), dict).get("monitor", "val/f1")
 
     @property
     def mode(self) -> str:
-        return self.config.get("trainer", {}).get("mode", "max")
+        return _typed(self.config.get("trainer"), dict).get("mode", "max")
 
 
 def _typed(value, kind: type):
