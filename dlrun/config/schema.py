@@ -28,8 +28,17 @@ METRIC_NAMES = (
     "auroc",
     "average_precision",
 )
-MONITORS = [f"val/{m}" for m in METRIC_NAMES]
-TRAIN_OR_VAL = [f"{split}/{m}" for split in ("train", "val") for m in METRIC_NAMES]
+# A regression's: loss (the MSE of the scaled target), then mean absolute error, root mean squared error and
+# the coefficient of determination, in the target's own units.
+REGRESSION_METRIC_NAMES = ("loss", "mae", "rmse", "r2")
+MONITORS = [f"val/{m}" for m in (*METRIC_NAMES, *REGRESSION_METRIC_NAMES[1:])]
+TRAIN_OR_VAL = [f"{split}/{m}" for split in ("train", "val") for m in (*METRIC_NAMES, *REGRESSION_METRIC_NAMES[1:])]
+# What a run learns: a class per input (logits), or a number per input (one output, in the target's units).
+TASKS = ("classification", "regression")
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    return REGRESSION_METRIC_NAMES if task == "regression" else METRIC_NAMES
 # trainer.precision: fp32, bf16 autocast, fp16 autocast with loss scaling, or the fastest the hardware runs natively.
 PRECISIONS = ("32", "bf16", "16", "auto")
 MAX_INT = 2**31 - 1  # sizes and counts beyond this are typos, and overflow torch's indexing
@@ -135,6 +144,11 @@ def class_weights(v):
     return None if ok else "must be null, balanced, or a list of weights >= 0, one per class"
 
 
+def focal_alpha(v):
+    ok = v is None or (_is_number(v) and 0 <= v <= 1) or (isinstance(v, list) and v and all(_is_number(a) and a >= 0 for a in v))
+    return None if ok else "must be null, a number in [0, 1] (two classes: the positive's weight), or one weight >= 0 per class"
+
+
 def path_not_file(v):
     if not isinstance(v, str) or not v:
         return "must be a folder path"
@@ -167,10 +181,23 @@ DDP: dict[str, Rule] = {
     "trainer.dist_timeout_s": number(0, lo_open=True, extra=" (seconds)"),
 }
 
+# `dlrun lr-find`: the range test's keys (lr_find.yaml); the rules that pick an lr from its curve.
+LR_RULES = ("valley", "steepest")
+LR_FIND: dict[str, Rule] = {
+    "lr_find": mapping("lr_find.end_lr=1"),
+    "lr_find.start_lr": number(0, lo_open=True),
+    "lr_find.end_lr": number(0, lo_open=True),
+    "lr_find.num_steps": integer(2, extra=" (optimizer steps of the test)"),
+    "lr_find.diverge": number(1, lo_open=True, null=True, extra=" (null: never stop early)"),
+    "lr_find.smoothing": number(0, 1, hi_open=True, extra=" (0: no smoothing)"),
+    "lr_find.rule": one_of(*LR_RULES),
+}
+
 # Rules by full key. A key missing from the composed config (another model's option, say) is skipped;
 # a key the config has but this table does not is left to the dry build below.
 SCHEMA: dict[str, Rule] = {
     "seed": integer(lo=0, hi=2**63 - 1),
+    "task": one_of(*TASKS),
     "resume": lambda v: None if v is None or (isinstance(v, str) and v) else "must be a run directory, its best.pt, or latest",
     # trainer
     "trainer.epochs": integer(1),
@@ -192,10 +219,17 @@ SCHEMA: dict[str, Rule] = {
     "trainer.grad_clip.max_norm": number(0, lo_open=True, null=True),
     "trainer.grad_clip.max_value": number(0, lo_open=True, null=True),
     "trainer.l1": number(0),
-    "trainer.label_smoothing": number(0, 1, hi_open=True),
-    "trainer.class_weights": class_weights,
     "trainer.limit_batches": integer(1, null=True),
     "trainer.overfit_batches": integer(0),
+    # loss: the arguments of dlrun's losses, whichever loss has them
+    "loss.label_smoothing": number(0, 1, hi_open=True),
+    "loss.class_weights": class_weights,
+    "loss.gamma": number(0),
+    "loss.alpha": focal_alpha,
+    "loss.margin": number(0),
+    "loss.p": lambda v: None if v in (1, 2) and not isinstance(v, bool) else "must be 1 or 2",
+    "loss.pos_weight": number(0, lo_open=True, null=True),
+    "loss.delta": number(0, lo_open=True),
     # logging
     "logging.confusion_matrix_every": integer(0),
     "logging.pr_curves": integer(0),
@@ -205,6 +239,7 @@ SCHEMA: dict[str, Rule] = {
     "logging.weight_images": boolean,
     "logging.misclassified": integer(0),
     "logging.graph": boolean,
+    "logging.boundary_every": integer(0),
     # optimizer: torch.optim's argument names, whichever optimizer has them
     "optimizer.lr": number(0, lo_open=True),
     "optimizer.momentum": number(0, 1, hi_open=True),
@@ -282,12 +317,24 @@ SCHEMA: dict[str, Rule] = {
     "dataset.noise": number(0),
     "dataset.factor": number(0, 1, lo_open=True, hi_open=True),
     "dataset.seed": integer(0),
+    "dataset.path": lambda v: None if v is None or (isinstance(v, str) and v) else "must be the path of a CSV file",
+    "dataset.drop": lambda v: None if isinstance(v, list) and all(isinstance(c, str) for c in v) else "must be a list of column names",
+    "dataset.categorical": lambda v: None if isinstance(v, list) else "must be a list of column names",
+    "dataset.fill": one_of("mean", "drop", null=True),
+    "dataset.imbalance": number(0, 1, lo_open=True, null=True, extra=" (the fraction of its examples the last class keeps)"),
+    "dataset.class_counts": lambda v: (
+        None if v is None or isinstance(v, list | dict) else "must be null, a list with one count per class, or {class: count}"
+    ),
     **{f"dataset.augment.{key}": rule for key, rule in AUGMENT.items()},
     # device
     "device.type": one_of("auto", "cpu", "cuda", "mps"),
     "device.index": integer(0, null=True),
+    **LR_FIND,
 }
 
+
+# Keys that moved, and where they are now: an old command line gets told.
+MOVED_KEYS = {"trainer.label_smoothing": "loss.label_smoothing", "trainer.class_weights": "loss.class_weights"}
 
 # Keys every run reads; `~KEY` on the command line can delete them.
 REQUIRED = (
@@ -302,6 +349,7 @@ REQUIRED = (
     "logging",
     "dataset.name",
     "model._target_",
+    "loss._target_",
     "optimizer._target_",
     "initializer.fn",
     "initializer.zero_bias",

@@ -12,6 +12,7 @@ interface, so the batches reach the training loop in the same form.
 """
 
 import contextlib
+import dataclasses
 import functools
 import gzip
 import importlib.util
@@ -36,6 +37,8 @@ from PIL import Image, UnidentifiedImageError
 from dlrun.core import ranks
 from dlrun.core.errors import ConfigError, DataError
 from dlrun.core.io import atomic_write
+from dlrun.data.imbalance import training_subset
+from dlrun.data.tables import load_table
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +84,38 @@ class Data:
     std: tuple[float, ...]
     in_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for features
     skipped: dict | None = None  # image_folder with dataset.skip_bad: {"count": n, "paths": [...]} of the files left out
+    # regression: Split.y holds float32 targets of shape (N,), scaled by the training split's (mean, std) below;
+    # classes is ["target"], and metrics are reported back in the target's own units.
+    task: str = "classification"
+    target_scale: tuple[float, float] = (0.0, 1.0)
+    features: tuple[str, ...] | None = None  # the inputs' names, where they have them (a CSV file's columns)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def load_data(cfg, seed: int, val_fraction: float) -> Data:
-    """Build the train/val/test splits for `cfg` (the `dataset` config group)."""
+def load_data(cfg, seed: int, val_fraction: float, task: str | None = None) -> Data:
+    """Build the train/val/test splits for `cfg` (the `dataset` config group); `task`: the run's (None: the dataset's).
+    dataset.class_counts or dataset.imbalance then thin out the training split of a classification (dlrun.data.imbalance)."""
+    data = _load_splits(cfg, seed, val_fraction, task)
+    keep = training_subset(cfg, data.train.y, data.classes, seed) if data.task == "classification" else None
+    return data if keep is None else dataclasses.replace(data, train=data.train.subset(keep))
+
+
+def _load_splits(cfg, seed: int, val_fraction: float, task: str | None = None) -> Data:
+    task = task or cfg.get("task", "classification")
     if cfg.name == "image_folder":
+        _check_task(cfg.name, task, "classification")
         return _load_image_folder(cfg, seed, val_fraction)
+    if cfg.name == "csv":
+        return _load_csv(cfg, seed, val_fraction, task)
     if cfg.name not in SOURCES:
-        raise ConfigError("dataset.name", cfg.name, f"must be one of {', '.join([*SOURCES, 'image_folder'])}")
+        raise ConfigError("dataset.name", cfg.name, f"must be one of {', '.join([*SOURCES, 'image_folder', 'csv'])}")
+    _check_task(cfg.name, task, SOURCES[cfg.name].task)
     train, test, classes = SOURCES[cfg.name].load(cfg)
+    if task == "regression":
+        return _regression_data(train, test, seed, val_fraction)
     if cfg.get("resize") and train.x.dim() == 4:
         size = _size_option(cfg.resize)
         train, test = Split(_resize(train.x, size), train.y), Split(_resize(test.x, size), test.y)
@@ -112,6 +134,30 @@ def load_data(cfg, seed: int, val_fraction: float) -> Data:
     return data
 
 
+def _load_csv(cfg, seed: int, val_fraction: float, task: str | None) -> Data:
+    """A user's CSV file (dlrun.data.tables): float features, standardised by the loaders with the training split's
+    statistics; the task is the target column's unless dataset.task (or the run's task) names one."""
+    table = load_table(cfg, seed, val_fraction, task)
+    train, val, test = (Split(*table.parts[name]) for name in ("train", "val", "test"))
+    in_shape = (len(table.features),)
+    return Data(train, val, test, table.classes, table.mean, table.std, in_shape, None, table.task, table.target_scale, tuple(table.features))
+
+
+def _check_task(name: str, task: str, own: str) -> None:
+    if task != own:
+        raise ConfigError("task", task, f"does not fit dataset={name}, a {own} set (task={own}, or a {task} dataset)")
+
+
+def _regression_data(train: Split, test: Split, seed: int, val_fraction: float) -> Data:
+    """Features standardised by the loaders with the training set's statistics; targets scaled here by the
+    training split's mean and std (kept on Data, so that metrics are reported in the target's own units)."""
+    mean, std = _stats(train.x)
+    train, val = _split_off(train, val_fraction, seed)
+    y_mean, y_std = train.y.mean().item(), max(train.y.std().item(), 1e-6)
+    scaled = [Split(s.x, ((s.y - y_mean) / y_std).float()) for s in (train, val, test)]
+    return Data(*scaled, ["target"], mean, std, tuple(train.x.shape[1:]), task="regression", target_scale=(y_mean, y_std))
+
+
 def known_shape(dataset) -> tuple[tuple[int, ...], int] | None:
     """(input shape, class count) of a dataset config, known before loading it, or None (an image folder's
     shape is known only from its files). Checks use it, so that a model that cannot take the data fails
@@ -124,6 +170,12 @@ def known_shape(dataset) -> tuple[tuple[int, ...], int] | None:
     if resize and len(shape) == 3:
         shape = (shape[0], *_size_option(resize))
     return tuple(shape), num_classes
+
+
+def known_task(dataset) -> str | None:
+    """classification or regression, for a shipped dataset; None when only its files can tell."""
+    source = SOURCES.get(dataset.get("name"))
+    return source.task if source is not None else None
 
 
 def _split_off(split, fraction: float, seed: int):
@@ -244,6 +296,50 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
     table = np.loadtxt(path, delimiter=",")
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
+def _sklearn_data_file(name: str, dataset: str) -> Path:
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"dataset={dataset} needs scikit-learn, which ships it (pip install scikit-learn)")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
+
+
+def _load_diabetes(cfg) -> tuple[Split, Split, list[str]]:
+    """scikit-learn's diabetes regression set (442 patients, 10 features, disease progression after a year),
+    read from the files it ships (load_diabetes(scaled=False)'s values) without importing scikit-learn."""
+    x = np.loadtxt(_sklearn_data_file("diabetes_data_raw.csv.gz", "diabetes"))
+    y = np.loadtxt(_sklearn_data_file("diabetes_target.csv.gz", "diabetes"))
+    split = Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
+    train, test = _split_off(split, cfg.test_fraction, cfg.split_seed)
+    return train, test, ["target"]
+
+
+# dataset=function: y = f(x) + noise on a 1-D range, for function approximation.
+FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sin": np.sin,
+    "cubic": lambda x: x**3,
+    "square": lambda x: x**2,
+    "abs": np.abs,
+    "step": lambda x: (x > 0).astype(np.float64),
+    "sinc": np.sinc,
+    "exp": np.exp,
+}
+
+
+def _load_function(cfg) -> tuple[Split, Split, list[str]]:
+    fn = FUNCTIONS.get(cfg.function)
+    if fn is None:
+        raise ConfigError("dataset.function", cfg.function, f"must be one of {', '.join(FUNCTIONS)}")
+    low, high = cfg.range
+    if not low < high:
+        raise ConfigError("dataset.range", list(cfg.range), "must be [low, high] with low < high")
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.uniform(low, high, size=cfg.n_samples)
+    y = fn(x) + rng.normal(size=cfg.n_samples) * cfg.noise
+    split = Split(torch.as_tensor(x[:, None], dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32))
+    train, test = _split_off(split, cfg.test_fraction, cfg.seed)
+    return train, test, ["target"]
 
 
 def _load_digits(cfg) -> tuple[Split, Split, list[str]]:
@@ -460,7 +556,8 @@ class Source:
 
     load: Callable
     in_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # 1 for a regression: one output
+    task: str = "classification"
 
 
 SOURCES: dict[str, Source] = {
@@ -474,6 +571,8 @@ SOURCES: dict[str, Source] = {
     "xor": Source(_load_toy, (2,), 2),
     "moons": Source(_load_toy, (2,), 2),
     "circles": Source(_load_toy, (2,), 2),
+    "diabetes": Source(_load_diabetes, (10,), 1, task="regression"),
+    "function": Source(_load_function, (1,), 1, task="regression"),
 }
 
 
