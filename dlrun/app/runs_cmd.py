@@ -181,7 +181,8 @@ def table_cells(entries: list[Entry]) -> tuple[list[str], list[list[str]], list[
                 listing.shown_path(entry.path),
             ]
         )
-    texts = [i for i, name in enumerate(header) if name in ("status", "model", "dataset", "monitor", "verdict", "path")]
+    # The path is never cut: it is what a user copies. It comes last, where a long line does least harm.
+    texts = [i for i, name in enumerate(header) if name in ("status", "model", "dataset", "monitor", "verdict")]
     return header, body, texts
 
 
@@ -228,9 +229,13 @@ def print_runs(entries: list[Entry], title: str) -> None:
         )
         for i, lines in enumerate(zip(*heads)):
             name = escape("\n".join(line for line in lines if line))
-            table.add_column(name, justify="left" if i in texts or i == 0 else "right", no_wrap=i not in texts, overflow="fold")
+            left = i in texts or name in ("date", "path")
+            table.add_column(name, justify="left" if left else "right", no_wrap=i not in texts, overflow="fold")
         for cells in cut:
             table.add_row(*map(escape, cells))
+        # wider than the terminal even so: lines that wrap, rather than columns that fold
+        widths = [max(len(cell) for cell in column) for column in zip(*heads, *cut)]
+        console.rich.width = max(width, sum(widths) + 2 * (len(widths) - 1))
         console.rich.print(table)
     else:
         print(title)
