@@ -268,6 +268,7 @@ SCHEMA: dict[str, Rule] = {
     "model.name": lambda v: None if isinstance(v, str) and v else "must be a model name, e.g. resnet18",
     "model.weights": weights_source,
     "model.freeze_backbone": boolean,
+    "model.binary_head": boolean,
     "model.resize": integer(1, null=True),
     # initializer
     "initializer.zero_bias": boolean,

@@ -19,7 +19,7 @@ from dlrun.core.faultpoints import kill_point
 from dlrun.core.ranks import is_main, world_size
 from dlrun.core.text import first_line
 from dlrun.data import Data, load_data, make_loaders
-from dlrun.engine import checkpoint, ddp, faults
+from dlrun.engine import checkpoint, ddp, faults, search
 from dlrun.engine.build import Built, build, check
 from dlrun.engine.optim import EarlyStopping, Regime, Schedule
 from dlrun.engine.precision import Precision, resolve_device, seed_everything
@@ -159,6 +159,8 @@ def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tr
         "monitor": cfg.trainer.monitor,
         **({"resumed_from": {"epoch": resumed["epoch"], "step": resumed["step"]}} if resumed else {}),
         **({"skipped_files": parts.data.skipped} if getattr(parts.data, "skipped", None) else {}),
+        # The rarest class's test recall, in a summary, needs to know which class that is (dataset.imbalance).
+        **({"train_class_counts": train_class_counts(parts.data)} if parts.data.task == "classification" else {}),
     }
     if not resumed and is_main() and not (ctx.run_dir / "last.pt").exists():
         # An attempt killed before its first checkpoint left curves that nothing can continue: not a second run here.
@@ -168,6 +170,11 @@ def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tr
     if not resumed:
         tracker.log_graph(parts.built.model, torch.zeros(1, *parts.data.in_shape, device=parts.device))
     return tracker
+
+
+def train_class_counts(data: Data) -> dict[str, int]:
+    counts = torch.bincount(data.train.y.cpu().long(), minlength=data.num_classes).tolist()
+    return dict(zip(map(str, data.classes), counts))
 
 
 def announce(cfg, parts: Parts, console: Console, run_dir: Path) -> None:
@@ -189,7 +196,7 @@ def announce(cfg, parts: Parts, console: Console, run_dir: Path) -> None:
 
 @dataclass
 class Outcome:
-    status: str  # completed or diverged (interruptions and errors are raised)
+    status: str  # completed, diverged or pruned (interruptions and errors are raised)
     best: dict | None = None  # the best epoch's val metrics
     test: dict | None = None
     diverged: faults.Diverged | None = None
@@ -214,6 +221,11 @@ def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console:
         tracker.save_metrics(diverged={**err.details, "last_epoch": tracker.history[-1] if tracker.history else None})
         outcome = Outcome("diverged", diverged=err)
         outcome.diagnosis = diagnose(tracker.history, cfg.trainer.monitor, cfg.trainer.mode, diverged=err.details)
+        diagnose_run(cfg, tracker, state, outcome)
+    except search.Pruned as err:  # like an early stop: last.pt and best.pt as at any epoch's end; no test
+        status = "pruned"
+        tracker.save_metrics(pruned=err.details)
+        outcome = Outcome("pruned")
         diagnose_run(cfg, tracker, state, outcome)
     except faults.Interrupted as err:
         status = "interrupted"
@@ -265,6 +277,7 @@ def close_tracker(tracker: Tracker, status: str) -> None:
 def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, console: Console, ctx: RunContext) -> None:
     """Train and evaluate epoch by epoch from state.start_epoch, saving best.pt and last.pt as it goes."""
     trainer, (train_loader, val_loader, _) = cfg.trainer, parts.loaders
+    trial = search.TrialReport(cfg.get("search"), trainer.epochs, parts.device)  # a no-op outside an Optuna search
     for epoch in range(state.start_epoch, trainer.epochs + 1):
         state.epoch, start = epoch, time.time()
         console.start_epoch(epoch, len(train_loader))
@@ -299,6 +312,7 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
         console.epoch_row(row, trainer.epochs, improved)
         if steps.signals is not None:
             steps.signals.check(state.step, epoch)
+        trial.after_epoch(epoch, row[trainer.monitor])  # raises search.Pruned once the study's pruner says stop
         if stop:
             console.print(
                 f"early stopping: {parts.stopper.monitor} has not improved by more than "
@@ -319,6 +333,7 @@ def epoch_row(epoch: int, train_stats: dict, val_stats: dict, optimizer, start: 
 
 
 def log_epoch(tracker: Tracker, parts: Parts, state: LoopState, row: dict, improved: bool, monitor: str) -> None:
+    tracker.log_boundary(parts.built.model, parts.data, row["epoch"])  # before log_epoch's flush, which commits it
     tracker.log_epoch(row, parts.eval_metrics.confusion, improved, parts.eval_metrics.scores)
     tracker.log_model(parts.built.model, row["epoch"])
     tracker.save_metrics(
@@ -361,6 +376,7 @@ def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Out
     tracker.log_test(test_metrics, parts.eval_metrics.confusion, state.best_epoch, readings)
     kill_point("test_logged")
     tracker.log_misclassified(model, parts.loaders[2], state.best_epoch)
+    tracker.log_boundary(model, parts.data, state.best_epoch, final=True)
     best_row = tracker.history[state.best_epoch - 1]
     best = {"epoch": state.best_epoch, **{k: v for k, v in best_row.items() if k.startswith("val/")}}
     tracker.save_metrics(best=best)
@@ -369,6 +385,9 @@ def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Out
 
 def report(cfg, outcome: Outcome, state: LoopState, console: Console, ctx: RunContext) -> float:
     """The run's last lines; a diverged single run raises, a diverged sweep job returns so the sweep goes on."""
+    if outcome.status == "pruned":
+        console.print(f"run saved in {ctx.run_dir} (pruned after epoch {state.epoch}; the test split is not evaluated)")
+        return state.best_value
     if outcome.diverged is not None:
         if outcome.diagnosis.get("suggestion"):
             console.print(f"try: {outcome.diagnosis['suggestion']}")

@@ -318,3 +318,63 @@ def class_templates_figure(images: np.ndarray, classes: list[str], columns: int 
         r, c = divmod(i, columns)
         ax.text((c + 0.5) * cell_w, r * cell_h + cell_h - tile_h - 5, str(name), ha="center", va="bottom", fontsize=font)
     return fig
+
+
+def lr_find_figure(lrs, losses, smoothed, points: dict[str, tuple[float, float]], chosen: str) -> Figure:
+    """The range test's loss against lr on a log axis: the raw loss faint, the smoothed one drawn, and each rule's
+    point (points maps a rule to its (lr, smoothed loss)), the chosen rule's larger, with a dashed line at its lr."""
+    fig = Figure(figsize=(5.2, 3.8), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, color="0.7", linewidth=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="tab:blue", linewidth=1.6, label="smoothed loss")
+    for (rule, (lr, loss)), colour in zip(points.items(), ("tab:red", "tab:green", "tab:purple")):
+        size, label = (11, f"{rule}: {lr:.3g} (suggested)") if rule == chosen else (7, f"{rule}: {lr:.3g}")
+        ax.plot([lr], [loss], "o", color=colour, markersize=size, zorder=3, label=label)
+    ax.axvline(points[chosen][0], color="0.4", linestyle="--", linewidth=0.9)
+    # The blow-up that ends a test would flatten the rest: the axis ends a little above the curve up to its minimum.
+    values = np.asarray(smoothed, dtype=float)
+    lowest = int(np.argmin(values))
+    top, bottom = values[: lowest + 1].max(), min(values.min(), float(np.min(losses[: lowest + 1])))
+    pad = 0.05 * (top - bottom) or 0.05 * abs(top) or 0.05
+    ax.set_ylim(bottom - 2 * pad, min(values.max(), top + 10 * pad) + pad)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="training loss")
+    ax.set_title(f"lr range test: {chosen} suggests {points[chosen][0]:.3g}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+# A 2-D input set's decision boundary: the figure's size in pixels, whatever the data.
+BOUNDARY_PX = (520, 440)
+# Region colours are the class colours this far towards white, so that the points on them stand out.
+REGION_TINT = 0.6
+
+
+def boundary_colours(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) RGB in [0, 1]: each class's colour for its points, and the paler one of its region."""
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "hsv"]
+    points = np.array([cmap(k if n <= 20 else k / n)[:3] for k in range(n)])
+    return points, points + (1 - points) * REGION_TINT
+
+
+def decision_boundary_figure(regions, extent, points, labels, classes: list[str], axis_names=("x1", "x2"), title="") -> Figure:
+    """The class the model predicts at each point of a grid (regions: (H, W) class indices, row 0 at the bottom;
+    extent: x from, x to, y from, y to), with the training points (N, 2) in their class colours over it."""
+    width, height = BOUNDARY_PX
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    point_colours, region_colours = boundary_colours(len(classes))
+    ax.imshow(region_colours[regions], origin="lower", extent=extent, aspect="auto", interpolation="nearest")
+    labels = np.asarray(labels)
+    for k, name in enumerate(classes):
+        chosen = labels == k
+        ax.scatter(*np.asarray(points)[chosen].T, s=9, color=point_colours[k], edgecolors="black", linewidths=0.3, label=name)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set(xlabel=axis_names[0], ylabel=axis_names[1])
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=8)
+    ax.legend(title="class", fontsize=7, title_fontsize=8, loc="upper right", framealpha=0.85, ncols=2 if len(classes) > 8 else 1)
+    return fig

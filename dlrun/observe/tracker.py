@@ -127,6 +127,24 @@ class Tracker:
             grid = figures.render(figures.image_grid_figure(np.stack(images), titles))
             self.writer.add_image("test/misclassified", grid, epoch, dataformats="HWC")
 
+    def log_boundary(self, model, data, epoch: int, final: bool = False) -> None:
+        """2-D inputs: the class the model predicts over the training points' range, with the points on it, every
+        logging.boundary_every epochs (boundary/epoch) and, `final`, for the best weights (boundary/best and
+        decision_boundary.png). `data`: the run's Data (train split, mean, std, feature names)."""
+        every, tag = self.cfg.logging.get("boundary_every", 0), "boundary/best" if final else "boundary/epoch"
+        if not (self.writes and drawable(data)) or not (final or (every and epoch % every == 0)):
+            return
+        if (tag, epoch) in self.present and not final:  # a resumed run: the killed attempt drew this epoch's
+            return
+        points, labels = _shown_points(data.train)
+        regions, extent = boundary_regions(model, points, data.mean, data.std)
+        names = tuple(data.features or ()) or ("x1", "x2")
+        title = f"decision boundary, {'best epoch' if final else 'epoch'} {epoch}"
+        picture = figures.render(figures.decision_boundary_figure(regions, extent, points, labels, self.classes, names, title))
+        if final:
+            figures.save_png(picture, self.run_dir / "decision_boundary.png")
+        self.writer.add_image(tag, picture, epoch, dataformats="HWC")
+
     def log_epoch(self, row: dict, val_cm: np.ndarray | None, improved: bool = False, val_scores: tuple | None = None) -> None:
         """`improved`: this epoch is the best so far, so that `best/val/*` (HParams' metrics) take its values."""
         epoch = row["epoch"]
@@ -356,6 +374,44 @@ def _quiet_writer_thread() -> None:
 def _suffixed(method: str, tag: str) -> str:
     """The tag the event file stores: text gets `/text_summary`, the other plugins keep it."""
     return f"{tag}/text_summary" if method == "add_text" else tag
+
+
+# The decision boundary's grid, per axis, and the most training points drawn on it.
+BOUNDARY_GRID = 200
+BOUNDARY_POINTS = 2000
+
+
+def drawable(data) -> bool:
+    """A classification of two input features (the course's 2-D sets, a CSV file of two columns)."""
+    return getattr(data, "task", "classification") == "classification" and tuple(data.in_shape) == (2,)
+
+
+def _shown_points(split) -> tuple[np.ndarray, np.ndarray]:
+    """The training points in their own units, evenly thinned to BOUNDARY_POINTS at most."""
+    pick = torch.linspace(0, len(split) - 1, min(len(split), BOUNDARY_POINTS)).round().long()
+    return split.x[pick].float().cpu().numpy(), split.y[pick].cpu().numpy()
+
+
+@torch.no_grad()
+def boundary_regions(model, points: np.ndarray, mean, std, size: int = BOUNDARY_GRID) -> tuple[np.ndarray, tuple]:
+    """The class the model predicts at each point of a size x size grid over the points' range and a tenth more
+    each side ((size, size) indices, row 0 at the bottom), and that range (x from, x to, y from, y to). The grid is
+    in the data's own units; the model gets it standardised as the loaders standardise its inputs."""
+    low, high = points.min(0), points.max(0)
+    margin = np.maximum((high - low) * 0.1, 1e-3)
+    low, high = low - margin, high + margin
+    xs, ys = (np.linspace(low[i], high[i], size) for i in range(2))
+    device = next(model.parameters()).device
+    grid = torch.as_tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), dtype=torch.float32, device=device)
+    grid = (grid - torch.tensor(mean, device=device)) / torch.tensor(std, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = torch.cat([model(chunk).float() for chunk in grid.split(20_000)])
+    finally:
+        model.train(was_training)
+    classes = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()  # one logit: a binary head
+    return classes.view(size, size).cpu().numpy(), (low[0], high[0], low[1], high[1])
 
 
 def _unit_range(images: torch.Tensor) -> torch.Tensor:
