@@ -5,12 +5,15 @@ Nothing here imports torch: `dlrun compare` and a sweep's summary read runs with
 import csv
 import json
 import math
+import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
-from dlrun.core.io import MAX_CSV_BYTES, Unreadable, check_size, json_kind, load_json, read_yaml
+from dlrun.core.io import MAX_CSV_BYTES, MAX_YAML_BYTES, SAFE_LOADER, Unreadable, check_size, json_kind, load_json, read_yaml
 from dlrun.core.nested import lookup
 
 # Interpolations that mean something only inside the Hydra app that ran the job, or only at that moment:
@@ -68,9 +71,7 @@ class Run:
         for item in _typed(read_yaml(hydra_dir / "overrides.yaml"), list):
             key, _, value = str(item).partition("=")
             overrides[key.lstrip("+~")] = value
-        hydra_cfg = _typed(read_yaml(hydra_dir / "hydra.yaml"), dict)
-        runtime = _typed(_typed(hydra_cfg.get("hydra"), dict).get("runtime"), dict)
-        choices = _typed(runtime.get("choices"), dict)
+        choices = read_choices(hydra_dir / "hydra.yaml")
         metrics, history, problem = {}, [], None
         try:
             metrics = load_metrics(path / "metrics.json")
@@ -143,6 +144,25 @@ class Run:
     @property
     def mode(self) -> str:
         return _typed(self.config.get("trainer"), dict).get("mode", "max")
+
+
+# How Hydra writes hydra.yaml (through OmegaConf): `hydra.runtime.choices` is this block, its entries six spaces in.
+CHOICES_BLOCK = re.compile(r"^  runtime:\n(?:    .*\n)*?    choices:\n((?:      .*\n)+)", re.MULTILINE)
+
+
+def read_choices(path: Path) -> dict:
+    """hydra.yaml's hydra.runtime.choices: each config group's chosen option. The file holds some 400 values; the
+    block is parsed alone (`dlrun runs` reads a thousand of these), a file laid out otherwise whole."""
+    try:
+        check_size(path, MAX_YAML_BYTES)
+        found = CHOICES_BLOCK.search(Path(path).read_text())
+        choices = yaml.load(textwrap.dedent(found[1]), Loader=SAFE_LOADER) if found else None
+    except (OSError, UnicodeDecodeError, Unreadable, yaml.YAMLError):
+        choices = None
+    if isinstance(choices, dict):
+        return choices
+    hydra_cfg = _typed(read_yaml(path), dict)
+    return _typed(_typed(_typed(hydra_cfg.get("hydra"), dict).get("runtime"), dict).get("choices"), dict)
 
 
 def _typed(value, kind: type):

@@ -17,17 +17,16 @@ from dlrun.core.errors import DlrunError
 from dlrun.core.io import read_yaml, write_csv, write_json, write_text
 from dlrun.core.text import did_you_mean
 from dlrun.observe.console import Console
-from dlrun.observe.figures import save_figure
 from dlrun.observe.tables import markdown_table, plain_table
 from dlrun.results.runs import Run, find_runs, float_or_nan
 
-FINISHED = ("completed", "diverged")  # a rerun would give the same answer: skip these when resuming
+FINISHED = ("completed", "diverged", "pruned")  # a rerun would give the same answer: skip these when resuming
 SEED_AXIS = "seed"
 CURVES = (("val/accuracy", "val accuracy"), ("val/loss", "val loss"), ("train/loss", "train loss"))
 AGGREGATES = ("last", "min", "max", "best")
 # Keys that never tell runs apart (resume's run, where files go, Hydra's own), and keys that change what is
 # logged but not what is learned: those show only when nothing else tells two runs apart.
-BOOKKEEPING = ("resume", "hydra", "paths.")
+BOOKKEEPING = ("resume", "hydra", "paths.", "search")  # search: an Optuna trial's study and number
 QUIET = ("logging.", "trainer.log_every_n_steps")
 
 
@@ -464,6 +463,8 @@ def write_summary(summary: Summary, title: str, with_names: bool) -> None:
         },
     )
     write_text(out / "summary.md", summary_markdown(summary, title, with_names))
+    from dlrun.observe.figures import save_figure  # matplotlib only once a figure is saved: `dlrun runs` imports this module
+
     save_figure(curves_figure(summary), out / "curves.png")
 
 
