@@ -129,14 +129,14 @@ def _columns(cfg, cells: Cells) -> tuple[int, list[int], int | None]:
         raise ConfigError("dataset.target", "null", f"must name the column to predict; {cells.path.name} has {listed}")
     if str(target) not in header:
         hint = did_you_mean(str(target), header)
-        raise ConfigError("dataset.target", target, f"{cells.path} has no such column{hint}; its columns: {listed}")
+        raise ConfigError("dataset.target", target, f"{cells.path} has no such column; its columns: {listed}{hint}")
     drop = cfg.get("drop") or []
     if isinstance(drop, str):
         drop = [drop]
     for name in drop:
         if str(name) not in header:
             hint = did_you_mean(str(name), header)
-            raise ConfigError("dataset.drop", name, f"{cells.path} has no such column{hint}; its columns: {listed}")
+            raise ConfigError("dataset.drop", name, f"{cells.path} has no such column; its columns: {listed}{hint}")
     for name in cfg.get("categorical") or []:
         if str(name) not in header:
             raise ConfigError("dataset.categorical", name, f"{cells.path} has no such column; its columns: {listed}")
