@@ -5,7 +5,7 @@ dlrun imports neither torch nor Hydra: they load when a run starts."""
 
 from dlrun.core import __version__
 
-__all__ = ["__version__", "sweep", "train"]
+__all__ = ["__version__", "lr_find", "sweep", "train"]
 
 
 def train(overrides=(), config_dir=None):
@@ -20,3 +20,10 @@ def sweep(overrides=(), config_dir=None):
     from dlrun.app.api import sweep as sweep_
 
     return sweep_(overrides, config_dir)
+
+
+def lr_find(overrides=(), config_dir=None):
+    """The learning-rate range test in this process, as `dlrun lr-find OVERRIDES`; see dlrun.app.api.lr_find."""
+    from dlrun.app.api import lr_find as lr_find_
+
+    return lr_find_(overrides, config_dir)

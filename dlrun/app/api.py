@@ -5,6 +5,7 @@ command would print; nothing here exits the process."""
 from pathlib import Path
 
 from dlrun.app.explain import describe
+from dlrun.app.lr_find_cmd import run_lr_find_app
 from dlrun.app.train_cmd import run_train_app
 from dlrun.core.errors import DlrunError
 from dlrun.results.runs import Run
@@ -35,6 +36,20 @@ def sweep(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | 
         args = ["-m", *args]
     launched = _launch(args)
     return list((launched.summary or {}).get("rows", []))
+
+
+def lr_find(overrides: list[str] | tuple[str, ...] = (), config_dir: str | Path | None = None) -> dict:
+    """The learning-rate range test, as `dlrun lr-find OVERRIDES` runs it; returns what its lr_find.json holds
+    (`suggestion`, `rule`, `suggestions` by rule, `range`, `steps_run`, `stopped_early`, `command`) and `run_dir`."""
+    args = _args(overrides, config_dir)
+    try:
+        found = run_lr_find_app(args)
+    except (DlrunError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # Hydra's own errors, as the command's line
+        message, code = describe(err, args)
+        raise RunError(message, code) from err
+    return {**found.summary, "run_dir": found.run_dir}
 
 
 def _args(overrides, config_dir) -> list[str]:

@@ -78,6 +78,9 @@ def _check_combinations(values: dict) -> None:
     clip = (values.get("trainer") or {}).get("grad_clip") or {}
     if clip.get("max_norm") is not None and clip.get("max_value") is not None:
         raise ConfigError("trainer.grad_clip", show_value(clip), "set max_norm or max_value, not both")
+    start, end = ((values.get("lr_find") or {}).get(k) for k in ("start_lr", "end_lr"))
+    if start is not None and end is not None and start >= end:
+        raise ConfigError("lr_find.start_lr", show_value(start), f"must be below lr_find.end_lr ({show_value(end)})")
 
 
 def locate(key: str, target, kind: str, test=callable):

@@ -323,7 +323,8 @@ def class_templates_figure(images: np.ndarray, classes: list[str], columns: int 
 def lr_find_figure(lrs, losses, smoothed, points: dict[str, tuple[float, float]], chosen: str) -> Figure:
     """The range test's loss against lr on a log axis: the raw loss faint, the smoothed one drawn, and each rule's
     point (points maps a rule to its (lr, smoothed loss)), the chosen rule's larger, with a dashed line at its lr."""
-    fig = Figure(figsize=(5.2, 3.8), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(5.2, 3.8), dpi=DPI)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.13, top=0.92)  # fixed margins: a layout engine costs more than the plot
     ax = fig.add_subplot()
     ax.plot(lrs, losses, color="0.7", linewidth=0.8, label="loss")
     ax.plot(lrs, smoothed, color="tab:blue", linewidth=1.6, label="smoothed loss")
@@ -340,7 +341,7 @@ def lr_find_figure(lrs, losses, smoothed, points: dict[str, tuple[float, float]]
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel="training loss")
     ax.set_title(f"lr range test: {chosen} suggests {points[chosen][0]:.3g}", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=8, loc="upper left")
     return fig
