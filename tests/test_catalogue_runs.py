@@ -34,9 +34,9 @@ VARIANTS = [
     "trainer.grad_clip.max_norm=0.5",
     "trainer.grad_clip.max_value=0.01",
     "trainer.l1=0.001",
-    "trainer.label_smoothing=0.1",
-    "trainer.class_weights=balanced",
-    "trainer.class_weights=[1,1,1,1,1,2,2,2,2,2]",
+    "loss.label_smoothing=0.1",
+    "loss.class_weights=balanced",
+    "loss.class_weights=[1,1,1,1,1,2,2,2,2,2]",
     "initializer=kaiming_uniform model.activation=leaky_relu initializer.zero_bias=false",
 ]
 
@@ -66,7 +66,7 @@ def test_option_trains_one_short_epoch(overrides, toy_split):
     stats = train_one_epoch(
         model,
         loader,
-        build_loss(cfg.trainer, split.y, 10),
+        build_loss(cfg.loss, split.y, 10),
         optimizer,
         regime,
         classification_metrics(10),
@@ -191,8 +191,8 @@ def test_a_catalogue_run_through_the_entry_point_logs_its_model_and_initializer(
         "trainer.epochs=1",
         "trainer.grad_clip.max_norm=1",
         "trainer.l1=1e-5",
-        "trainer.label_smoothing=0.1",
-        "trainer.class_weights=balanced",
+        "loss.label_smoothing=0.1",
+        "loss.class_weights=balanced",
         "device=cpu",
         cwd=tmp_path,
     )

@@ -221,7 +221,7 @@ def train_one_step(cfg) -> None:
     schedule = Schedule(cfg.scheduler, optimizer, cfg.trainer.epochs, 3)
     regime = Regime(cfg.trainer, model, schedule, cfg.logging.grad_norm)
     EarlyStopping(cfg.trainer.early_stopping)
-    loss = build_loss(cfg.trainer, labels, num_classes)(model(torch.randn(4, *shape)), labels)
+    loss = build_loss(cfg.loss, labels, num_classes)(model(torch.randn(4, *shape)), labels)
     (loss + regime.penalty()).backward()
     regime.clip_gradients()
     optimizer.step()

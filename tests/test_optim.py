@@ -177,19 +177,19 @@ def test_l1_penalty_pulls_weights_towards_zero_by_lr_times_strength():
 
 def test_label_smoothing_and_class_weights_shape_the_loss():
     logits, target = torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 1, 2])
-    cfg = compose_config("trainer.label_smoothing=0.2")
-    assert build_loss(cfg.trainer, target, 3)(logits, target) == pytest.approx(
+    cfg = compose_config("loss.label_smoothing=0.2")
+    assert build_loss(cfg.loss, target, 3)(logits, target) == pytest.approx(
         F.cross_entropy(logits, target, label_smoothing=0.2).item()
     )
-    balanced = build_loss(compose_config("trainer.class_weights=balanced").trainer, target, 3)
+    balanced = build_loss(compose_config("loss.class_weights=balanced").loss, target, 3)
     assert balanced.weight.tolist() == pytest.approx([6 / (3 * 4), 6 / 3, 6 / 3])
-    given = build_loss(compose_config("trainer.class_weights=[1,2,3]").trainer, target, 3)
+    given = build_loss(compose_config("loss.class_weights=[1,2,3]").loss, target, 3)
     assert given(logits, target).item() == pytest.approx(
         F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 3.0])).item()
     )
     # The config check knows the shipped datasets' class counts; the loss checks against the data itself.
-    with pytest.raises(ConfigError, match=r"trainer.class_weights=\[1, 2\]: must have 3 weights, one per class"):
-        build_loss(compose_config("trainer.class_weights=[1,2]").trainer, target, 3)
+    with pytest.raises(ConfigError, match=r"loss.class_weights=\[1, 2\]: must have 3 weights, one per class"):
+        build_loss(compose_config("loss.class_weights=[1,2]").loss, target, 3)
 
 
 def stopper(*overrides: str) -> EarlyStopping:

@@ -19,9 +19,10 @@ from dlrun.core.io import write_csv, write_json
 from dlrun.core.text import did_you_mean
 from dlrun.data import load_data, make_loaders
 from dlrun.engine import checkpoint
-from dlrun.engine.build import make_model
+from dlrun.engine.build import make_model, model_outputs
 from dlrun.engine.precision import Precision, resolve_device
 from dlrun.engine.steps import evaluate, to_floats
+from dlrun.model.losses import eval_loss
 from dlrun.observe import figures
 from dlrun.observe.console import Console
 from dlrun.observe.metrics import classification_metrics, scores_at
@@ -192,7 +193,7 @@ def evaluate_checkpoint(
         raise ConfigError("threshold", threshold, f"applies to two-class tasks; this model has {len(classes)} classes")
     _, val_loader, test_loader = make_loaders(data, cfg, dev)
     metrics = classification_metrics(len(classes)).to(dev)
-    stats = evaluate(model, val_loader if split == "val" else test_loader, nn.CrossEntropyLoss(), metrics, amp)
+    stats = evaluate(model, val_loader if split == "val" else test_loader, eval_loss("classification"), metrics, amp)
     cm = metrics.confusion
     result = {
         "checkpoint": str(ckpt_path),
@@ -255,13 +256,21 @@ def eval_data(cfg, state: dict, ckpt_path: Path, dataset, dataset_overrides, bat
 
 
 def rebuild_model(model_cfg: dict, state: dict, ckpt_path: Path, in_shape, num_classes: int, trust: bool) -> nn.Module:
+    saved = OmegaConf.to_container(OmegaConf.create(state["config"]), resolve=True)
+    # The loss says whether the model has a one-logit head; its class is looked up only where it may be imported.
+    loss = saved.get("loss") or {}
+    config = {
+        "task": saved.get("task", "classification"),
+        "model": model_cfg,
+        "loss": loss if trust or allowed(loss.get("_target_")) else {},
+    }
     """The run's model from its saved config, with the checkpoint's weights."""
     if "weights" in model_cfg:
         model_cfg["weights"] = "none"  # the checkpoint holds every weight; no download, no weights file
     if not trust:
         _check_module_class(model_cfg.get("_target_"))
     # Not recursive: a nested `_target_` stays data, so only the model's own class is ever called.
-    model = make_model(model_cfg, in_shape, num_classes, recursive=trust)
+    model = make_model(model_cfg, in_shape, model_outputs(config, num_classes), recursive=trust, num_classes=num_classes)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

@@ -19,6 +19,7 @@ from yaml import MarkedYAMLError
 from dlrun.config.check import shown_path
 from dlrun.config.compose import known_keys
 from dlrun.config.groups import CONFIG_MODULE, config_groups
+from dlrun.config.schema import MOVED_KEYS
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.text import did_you_mean, first_line, override_key
 
@@ -169,6 +170,8 @@ def _composition_error(err: ConfigCompositionException, overrides: list[str]) ->
         key = match.group(1)
         if "/" in key:
             return f"{key}: no such config group{did_you_mean(key, _hydra_groups())}"
+        if key in MOVED_KEYS:
+            return f"{key}: moved; it is now {MOVED_KEYS[key]} ({MOVED_KEYS[key]}=...)"
         return f"{key}: no such key{did_you_mean(key, known_keys(overrides))}"
     ambiguous = re.match(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
     if ambiguous:  # Hydra's advice spans three lines: keep it, in one

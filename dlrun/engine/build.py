@@ -6,35 +6,62 @@ or arithmetic (a ResNet at 224 costs milliseconds), so that a model that cannot 
 initializer that fails on it or an optimizer argument that is wrong stops the run before any data is read."""
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
-from dlrun.config.check import check_arguments, check_config
+from dlrun.config.check import check_arguments, check_config, locate
+from dlrun.config.schema import metric_names
 from dlrun.core.errors import ConfigError, DlrunError
-from dlrun.core.text import show_value
-from dlrun.data import known_shape
-from dlrun.engine.optim import build_loss, build_optimizer
+from dlrun.data import known_shape, known_task
+from dlrun.engine.optim import build_loss, build_optimizer, check_class_lists
 from dlrun.model.initializers import initialize
+from dlrun.model.losses import eval_loss, task_of
 
 
 @dataclass
 class Built:
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    train_loss: nn.Module  # with the trainer's label smoothing and class weights
-    eval_loss: nn.Module  # val and test: plain cross-entropy, comparable across runs
+    train_loss: nn.Module  # the `loss` group's, with its label smoothing and class weights
+    eval_loss: nn.Module  # val and test: the plain task loss (cross-entropy, or MSE), comparable across runs
     init_fn: Callable | None
     initialized: list[str]  # the layers init_fn reached
 
 
-def make_model(model_cfg, in_shape, num_classes: int, recursive: bool = True) -> nn.Module:
-    """The model a `model` config names, for inputs of `in_shape` and `num_classes` outputs."""
-    return instantiate(model_cfg, in_shape=tuple(in_shape), num_classes=num_classes, _recursive_=recursive)
+def make_model(model_cfg, in_shape, outputs: int, recursive: bool = True, num_classes: int | None = None) -> nn.Module:
+    """The model a `model` config names, for inputs of `in_shape` and `outputs` outputs: the class count, or 1
+    for a regression or a binary head (of `num_classes` = 2). A model of dlrun's makes a binary head itself
+    (`binary_head`); a user's own gets num_classes=1."""
+    node = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
+    if "binary_head" in node and "binary_head" not in inspect.signature(get_object(node["_target_"])).parameters:
+        node.pop("binary_head")  # a user's own class on a dlrun model config: it gets num_classes=1 instead
+    if "binary_head" in node and outputs == 1 and num_classes == 2:
+        node["binary_head"] = True  # dlrun's own models make the one-logit head themselves
+        outputs = 2
+    return instantiate(node, in_shape=tuple(in_shape), num_classes=outputs, _recursive_=recursive)
+
+
+def model_outputs(cfg, num_classes: int) -> int:
+    """How many outputs the model has: one for a regression, and one logit for a binary head (model.binary_head,
+    or a one-logit loss such as bce) on two classes; else one per class."""
+    if cfg.get("task", "classification") == "regression":
+        return 1
+    return 1 if num_classes == 2 and binary_head(cfg) else num_classes
+
+
+def binary_head(cfg) -> bool:
+    loss = cfg.get("loss") or {}
+    one_logit = isinstance(loss.get("_target_"), str) and getattr(
+        locate("loss._target_", loss["_target_"], "loss"), "one_logit", False
+    )
+    return bool((cfg.get("model") or {}).get("binary_head")) or bool(one_logit)
 
 
 def init_weights(model: nn.Module, init_cfg) -> tuple[Callable | None, list[str]]:
@@ -48,22 +75,62 @@ def make_optimizer(opt_cfg, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build(cfg, in_shape, num_classes: int, device: torch.device, train_labels: torch.Tensor) -> Built:
-    model = make_model(cfg.model, in_shape, num_classes)
+    task = cfg.get("task", "classification")
+    check_loss(cfg, num_classes)
+    model = make_model(cfg.model, in_shape, model_outputs(cfg, num_classes), num_classes=num_classes)
     init_fn, initialized = init_weights(model, cfg.initializer)
     model.to(device)
     if cfg.trainer.get("channels_last", False) and len(in_shape) == 3:
         model.to(memory_format=torch.channels_last)  # the loaders give channels-last batches to match
     optimizer = make_optimizer(cfg.optimizer, model)
-    train_loss = build_loss(cfg.trainer, train_labels, num_classes).to(device)
-    return Built(model, optimizer, train_loss, nn.CrossEntropyLoss(), init_fn, initialized)
+    train_loss = build_loss(cfg.loss, train_labels, num_classes).to(device)
+    return Built(model, optimizer, train_loss, eval_loss(task).to(device), init_fn, initialized)
+
+
+def check_loss(cfg, num_classes: int | None) -> None:
+    """The loss fits the task (and a one-logit loss, two classes): one line naming both when it does not."""
+    task, loss = cfg.get("task", "classification"), cfg.get("loss") or {}
+    loss = OmegaConf.to_container(loss, resolve=True) if OmegaConf.is_config(loss) else loss
+    target = loss.get("_target_")
+    loss_cls = locate("loss._target_", target, "loss")
+    name = getattr(loss_cls, "name", target)
+    own, dataset = task_of(loss_cls), (cfg.get("dataset") or {}).get("name")
+    if known_task(cfg.get("dataset") or {}) not in (None, task):
+        raise ConfigError("task", task, f"does not fit dataset={dataset}, a {known_task(cfg['dataset'])} set")
+    if own is not None and own != task:
+        allowed = "mse, mae or huber" if task == "regression" else "cross_entropy, focal, multi_margin or bce"
+        raise ConfigError("loss", name, f"is a {own} loss, and dataset={dataset} is a {task} (task={task}): use loss={allowed}")
+    _check_monitors(cfg.get("trainer") or {}, task)
+    if num_classes is not None and task == "classification" and num_classes != 2 and binary_head(cfg):
+        key, value = ("model.binary_head", "true") if (cfg.get("model") or {}).get("binary_head") else ("loss", name)
+        raise ConfigError(
+            key,
+            value,
+            f"trains one logit, for two classes; dataset={dataset} has {num_classes}: loss=cross_entropy, focal or multi_margin",
+        )
+    if num_classes is not None and task == "classification":
+        check_class_lists(loss, num_classes)
 
 
 def check(cfg) -> None:
     """Every check before a run: the config's rules, then the dry build where the data's shape is known."""
     values = check_config(cfg)
     shape = known_shape(values.get("dataset") or {})
+    check_loss(values, shape[1] if shape is not None else None)
     if shape is not None:
         check_build(values, *shape)
+
+
+def _check_monitors(trainer, task: str) -> None:
+    """A monitored metric the task has: f1 is no regression's, rmse no classifier's."""
+    names = metric_names(task)
+    for key, value in (
+        ("trainer.monitor", trainer.get("monitor")),
+        ("trainer.early_stopping.monitor", (trainer.get("early_stopping") or {}).get("monitor")),
+    ):
+        if isinstance(value, str) and value.split("/", 1)[-1] not in names:
+            split = value.split("/", 1)[0]
+            raise ConfigError(key, value, f"is not a {task} metric: one of {', '.join(f'{split}/{m}' for m in names)}")
 
 
 class _CannotJudge(Exception):
@@ -87,9 +154,7 @@ def _judged(key: str, target, what: str):
 
 def check_build(values: dict, in_shape, num_classes: int) -> None:
     """Build the model, initializer and optimizer on the meta device and push a batch of 2 through the model."""
-    weights = values["trainer"].get("class_weights")
-    if isinstance(weights, list) and len(weights) != num_classes:
-        raise ConfigError("trainer.class_weights", show_value(weights), f"must have {num_classes} weights, one per class")
+    outputs = model_outputs(values, num_classes)
     model_cfg = dict(values["model"])
     if "weights" in model_cfg:
         model_cfg["weights"] = "none"  # the real build loads them; the shapes are the same
@@ -102,14 +167,15 @@ def check_build(values: dict, in_shape, num_classes: int) -> None:
     try:
         with torch.device("meta"):
             with _judged("model", target, f"cannot be built for {size} inputs"):
-                model = make_model(model_cfg, in_shape, num_classes)
+                model = make_model(model_cfg, in_shape, outputs, num_classes=num_classes)
             with _judged("model", target, f"cannot take {size} inputs"):
                 out = model(torch.zeros(2, *in_shape))
-            if tuple(getattr(out, "shape", ())) != (2, num_classes):
+            if tuple(getattr(out, "shape", ())) != (2, outputs):
                 raise ConfigError(
                     "model",
                     target,
-                    f"must output (batch, {num_classes}) logits; it gives {tuple(getattr(out, 'shape', ()))} for a batch of 2",
+                    f"must output (batch, {outputs}) {'values' if outputs == 1 else 'logits'}; "
+                    f"it gives {tuple(getattr(out, 'shape', ()))} for a batch of 2",
                 )
             with _judged("initializer.fn._target_", (fn_cfg or {}).get("_target_"), "fails on this model"):
                 init_weights(model, values["initializer"])

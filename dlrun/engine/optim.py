@@ -1,11 +1,13 @@
 """How the weights move, beyond the optimizer itself: the lr schedule, gradient clipping, the L1 penalty,
-the loss's label smoothing and class weights, and early stopping. Each comes from the config."""
+the loss (the `loss` group, with its class weights), and early stopping. Each comes from the config."""
 
 import inspect
 import math
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
@@ -115,19 +117,33 @@ class Regime:
         self.schedule.after_step()
 
 
-def build_loss(trainer, train_labels: torch.Tensor, num_classes: int) -> nn.CrossEntropyLoss:
-    """Cross-entropy with the trainer's label smoothing and class weights (null, balanced, or one per class)."""
-    weights = trainer.class_weights
+def build_loss(loss_cfg, train_labels: torch.Tensor, num_classes: int) -> nn.Module:
+    """The `loss` group's module; `class_weights: balanced` becomes n / (k * count) per class, from the training labels."""
+    node = OmegaConf.to_container(loss_cfg, resolve=True) if OmegaConf.is_config(loss_cfg) else dict(loss_cfg)
+    weights = node.get("class_weights")
     if weights == "balanced":
         # n / (k * count_c), as scikit-learn's "balanced": rare classes weigh more.
         counts = torch.bincount(train_labels.cpu(), minlength=num_classes).float()
-        weights = len(train_labels) / (num_classes * counts.clamp_min(1))
-    elif weights is not None:
-        # The config check knows the class count of the shipped datasets; an image folder's shows only now.
-        if len(weights) != num_classes:
-            raise ConfigError("trainer.class_weights", list(weights), f"must have {num_classes} weights, one per class")
-        weights = torch.tensor([float(w) for w in weights])
-    return nn.CrossEntropyLoss(weight=weights, label_smoothing=float(trainer.label_smoothing))
+        node["class_weights"] = (len(train_labels) / (num_classes * counts.clamp_min(1))).tolist()
+    check_class_lists(node, num_classes)
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise DlrunError(f"loss={node.get('_target_')}: {str(cause).strip().splitlines()[0]}") from err
+
+
+def check_class_lists(loss: dict, num_classes: int) -> None:
+    """The loss's per-class lists have one entry per class (the config check knows the shipped datasets'
+    class counts; an image folder's or a table's shows only when the data is read)."""
+    for key in ("class_weights", "alpha"):
+        value = loss.get(key)
+        if isinstance(value, (list, tuple)) and len(value) != num_classes:
+            raise ConfigError(f"loss.{key}", list(value), f"must have {num_classes} weights, one per class")
+    if isinstance(loss.get("alpha"), (int, float)) and num_classes != 2:
+        raise ConfigError(
+            "loss.alpha", loss["alpha"], f"one number is for two classes; give a list of {num_classes}, one per class"
+        )
 
 
 class EarlyStopping:

@@ -1,5 +1,6 @@
 """The networks dlrun trains. Each takes the dataset's `in_shape` (C, H, W) and `num_classes`,
-so a config never hard-codes a flatten size; a user's own `model._target_` gets the same two."""
+so a config never hard-codes a flatten size; a user's own `model._target_` gets the same two (with
+num_classes=1 for a regression, or for a binary head, which dlrun's own models take as `binary_head`)."""
 
 import logging
 from collections.abc import Callable, Sequence
@@ -37,6 +38,15 @@ def _flat_size(in_shape: Sequence[int]) -> int:
     return size
 
 
+def head_size(num_classes: int, binary_head: bool) -> int:
+    """The last layer's outputs: one per class, or one logit for a two-class binary head (sigmoid(z) = P(class 1))."""
+    if not binary_head:
+        return num_classes
+    if num_classes != 2:
+        raise ConfigError("model.binary_head", "true", f"is for two classes; the dataset has {num_classes}")
+    return 1
+
+
 def image_shape(in_shape: Sequence[int], model: str) -> tuple[int, int, int]:
     if len(in_shape) != 3:
         raise ConfigError(
@@ -50,10 +60,10 @@ def image_shape(in_shape: Sequence[int], model: str) -> tuple[int, int, int]:
 class LogisticRegression(nn.Module):
     """Softmax regression: the softmax lives in the cross-entropy loss."""
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int):
+    def __init__(self, in_shape: Sequence[int], num_classes: int, binary_head: bool = False):
         super().__init__()
         self.in_shape = tuple(int(d) for d in in_shape)
-        self.linear = nn.Linear(_flat_size(in_shape), num_classes)
+        self.linear = nn.Linear(_flat_size(in_shape), head_size(num_classes, binary_head))
 
     def forward(self, x):
         return self.linear(x.flatten(1))
@@ -78,6 +88,7 @@ class MLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
+        binary_head: bool = False,
     ):
         super().__init__()
         sizes = [_flat_size(in_shape), *[int(h) for h in hidden_sizes]]
@@ -89,7 +100,7 @@ class MLP(nn.Module):
             layers.append(make_activation(activation))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
-        layers.append(nn.Linear(sizes[-1], num_classes))
+        layers.append(nn.Linear(sizes[-1], head_size(num_classes, binary_head)))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -129,6 +140,7 @@ class CNN(nn.Module):
         dropout: float | Sequence[float] = 0.0,
         activation: str | Sequence[str] = "relu",
         head_hidden: int = 128,
+        binary_head: bool = False,
     ):
         super().__init__()
         in_shape = image_shape(in_shape, "cnn")
@@ -171,7 +183,7 @@ class CNN(nn.Module):
             if per["dropout"][-1] > 0:
                 head.append(nn.Dropout(per["dropout"][-1]))
             n_flat = head_hidden
-        head.append(nn.Linear(n_flat, num_classes))
+        head.append(nn.Linear(n_flat, head_size(num_classes, binary_head)))
         self.head = nn.Sequential(*head)
 
     def _dry_run(self, in_shape, channels: list[int]) -> int:
@@ -205,7 +217,9 @@ class LeNet5(nn.Module):
     28x28 to 32x32 inputs are zero-padded in the first conv (the usual MNIST recipe); other sizes are
     resized to 32x32 on the device, batch by batch."""
 
-    def __init__(self, in_shape: Sequence[int], num_classes: int, activation: str = "tanh", pooling: str = "avg"):
+    def __init__(
+        self, in_shape: Sequence[int], num_classes: int, activation: str = "tanh", pooling: str = "avg", binary_head: bool = False
+    ):
         super().__init__()
         c, h, w = image_shape(in_shape, "lenet5")
         fits = h == w and 28 <= h <= 32 and (32 - h) % 2 == 0
@@ -227,7 +241,7 @@ class LeNet5(nn.Module):
             make_activation(activation),
             nn.Linear(120, 84),
             make_activation(activation),
-            nn.Linear(84, num_classes),
+            nn.Linear(84, head_size(num_classes, binary_head)),
         )
 
     def forward(self, x):

@@ -10,7 +10,7 @@ from torch import nn
 
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.text import did_you_mean
-from dlrun.model.nets import image_shape
+from dlrun.model.nets import head_size, image_shape
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class TorchvisionModel(nn.Module):
         weights: str | None = "none",
         freeze_backbone: bool = False,
         resize: int | None = None,
+        binary_head: bool = False,
     ):
         super().__init__()
         from torchvision import models  # here: torchvision's import pulls in torch._dynamo, a second on every run
@@ -57,7 +58,7 @@ class TorchvisionModel(nn.Module):
             self.net = models.get_model(name, weights=None, **extra)
             if self.pretrained:
                 _load_weights_file(self.net, self.weights, name)
-        self.head_path = _replace_head(self.net, num_classes, name)
+        self.head_path = _replace_head(self.net, head_size(num_classes, binary_head), name)
         self.frozen = bool(freeze_backbone)
         if self.frozen:
             head_params = {id(p) for p in self.head.parameters()}

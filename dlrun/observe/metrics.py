@@ -39,6 +39,10 @@ class EpochScores(torch.nn.Module):
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
         n, c = len(target), self.num_classes
+        if logits.shape[1] == 1 and c == 2:
+            # A binary head's one logit z as the two-class scores [0, z]: softmax gives [1 - sigmoid(z), sigmoid(z)],
+            # so the matrix, the curves and the thresholds read it as they read a softmax head.
+            logits = torch.cat([torch.zeros_like(logits), logits], 1)
         self.losses.append(loss.detach())
         self.sizes.append(n)
         if self.kept + n * c <= MAX_KEPT:
