@@ -18,7 +18,7 @@ from helpers import run_dlrun
 from test_locks import start, wait_until_training
 
 import dlrun
-from dlrun.app import runs_cmd
+from dlrun.app import cli, runs_cmd
 from dlrun.core.errors import DlrunError
 from dlrun.core.lock import DirLock
 
@@ -97,9 +97,8 @@ def outputs(real_run, tmp_path_factory):
     lock.release()
 
 
-def listed(root: Path, *args: str) -> list[dict]:
-    proc = run_dlrun("runs", "outputs", "--json", *args, cwd=root)
-    return json.loads(proc.stdout)
+def listed(capsys, root: Path, *args: str) -> list[dict]:
+    return json.loads(run_main(capsys, root, "--json", *args))
 
 
 def names_of(rows: list[dict], made: dict, root: Path) -> list[str]:
@@ -138,9 +137,9 @@ def test_every_status_in_one_table_newest_first(outputs):
     assert "0.2500" in regression and "0.8750" in regression  # its rmse and r2; no accuracy, no f1
 
 
-def test_json_holds_the_same_fields_and_all_shows_never_started(outputs):
+def test_json_holds_the_same_fields_and_all_shows_never_started(outputs, capsys):
     root, made = outputs
-    rows = listed(root, "--all")
+    rows = listed(capsys, root, "--all")
     names = names_of(rows, made, root)
     # newest first, as the fixture dated them; the unreadable ones by their config file's date
     order = ["never", "live", "completed", "stale", "elsewhere", "failed", "diverged", "interrupted", "pruned", "cnn"]
@@ -244,12 +243,19 @@ def test_bad_flag_from_the_command_exits_2_without_traceback(outputs):
     proc = run_dlrun("runs", "--since", "soon", cwd=root, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "dlrun: error: --since soon: not a duration; a number and m, h, d or w (30m, 12h, 2d, 1w)\n"
-    assert "usage: dlrun runs" in run_dlrun("runs", "--help", cwd=root).stdout
 
 
-def test_paths_feed_dlrun_compare(outputs):
+def test_help_and_the_command_list_name_it(capsys):
+    with pytest.raises(SystemExit) as done:
+        runs_cmd.main(["--help"])
+    assert done.value.code == 0 and "usage: dlrun runs" in capsys.readouterr().out
+    cli.print_help()
+    assert "  runs      list the runs" in capsys.readouterr().out
+
+
+def test_paths_feed_dlrun_compare(outputs, capsys):
     root, made = outputs
-    chosen = run_dlrun("runs", "--status", "completed", "--paths", cwd=root).stdout.split()
+    chosen = run_main(capsys, root, "--status", "completed", "--paths").split()
     assert {Path(p).name for p in chosen} == {"completed", "cnn", "regression"}
     run_dlrun("compare", *chosen, "--out", "picked", cwd=root, env=WIDE)
     with open(root / "picked" / "summary.csv", newline="") as f:
@@ -257,14 +263,14 @@ def test_paths_feed_dlrun_compare(outputs):
     assert compared == {str((root / p).resolve()) for p in chosen}
 
 
-def test_a_killed_run_shows_as_crashed(tmp_path):
+def test_a_killed_run_shows_as_crashed(tmp_path, capsys):
     proc = start("train", "dataset=spiral", "trainer.epochs=1000", *QUIET, "hydra.run.dir=outputs/runs/long", cwd=tmp_path)
     try:
         wait_until_training(proc, tmp_path / "outputs" / "runs" / "long")
-        assert listed(tmp_path)[0]["status"] == "running"
+        assert listed(capsys, tmp_path)[0]["status"] == "running"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    (row,) = listed(tmp_path)
+    (row,) = listed(capsys, tmp_path)
     assert row["status"] == "crashed" and row["path"] == "outputs/runs/long"
     assert json.loads((tmp_path / "outputs/runs/long/metrics.json").read_text())["status"] == "running"  # as it was left
