@@ -39,6 +39,8 @@ TASKS = ("classification", "regression")
 
 def metric_names(task: str) -> tuple[str, ...]:
     return REGRESSION_METRIC_NAMES if task == "regression" else METRIC_NAMES
+
+
 # trainer.precision: fp32, bf16 autocast, fp16 autocast with loss scaling, or the fastest the hardware runs natively.
 PRECISIONS = ("32", "bf16", "16", "auto")
 MAX_INT = 2**31 - 1  # sizes and counts beyond this are typos, and overflow torch's indexing

@@ -23,20 +23,21 @@ from dlrun.engine import checkpoint, ddp, faults, search
 from dlrun.engine.build import Built, build, check
 from dlrun.engine.optim import EarlyStopping, Regime, Schedule
 from dlrun.engine.precision import Precision, resolve_device, seed_everything
-from dlrun.engine.readings import test_readings
+from dlrun.engine.readings import regression_readings, test_readings
 from dlrun.engine.state import LoopState, StepLog
 from dlrun.engine.steps import evaluate, to_floats, train_one_epoch
 from dlrun.model import count_parameters
 from dlrun.model.initializers import describe as describe_init
 from dlrun.observe.console import Console
 from dlrun.observe.diagnosis import describe, diagnose
-from dlrun.observe.metrics import classification_metrics
+from dlrun.observe.metrics import task_metrics
 from dlrun.observe.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 # The scores of the final summary table; metrics.json and history.csv hold every average.
 SUMMARY_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "f1_weighted", "auroc", "average_precision")
+SUMMARY_METRICS += ("mae", "rmse", "r2")  # a regression's
 
 
 @dataclass
@@ -103,7 +104,7 @@ def run(cfg, ctx: RunContext) -> float:
 def build_parts(cfg, device: torch.device) -> Parts:
     trainer = cfg.trainer
     with ddp.local_main_first():  # one process per machine downloads and unpacks
-        data = load_data(cfg.dataset, cfg.seed, trainer.val_fraction)
+        data = load_data(cfg.dataset, cfg.seed, trainer.val_fraction, task=cfg.get("task"))
     built = build(cfg, data.in_shape, data.num_classes, device, data.train.y)
     amp = Precision(trainer.get("precision", "32"), device, built.model)
     ddp.scale_lr(built.optimizer, trainer.get("scale_lr", False))
@@ -122,8 +123,8 @@ def build_parts(cfg, device: torch.device) -> Parts:
         schedule,
         regime=Regime(trainer, built.model, schedule, cfg.logging.grad_norm),
         stopper=EarlyStopping(trainer.early_stopping),
-        train_metrics=classification_metrics(data.num_classes).to(device),
-        eval_metrics=classification_metrics(data.num_classes).to(device),
+        train_metrics=task_metrics(data.task, data.num_classes, data.target_scale).to(device),
+        eval_metrics=task_metrics(data.task, data.num_classes, data.target_scale).to(device),
     )
 
 
@@ -182,7 +183,7 @@ def announce(cfg, parts: Parts, console: Console, run_dir: Path) -> None:
     total, trainable = count_parameters(model)
     console.print(
         f"dlrun: {type(model).__name__} on {cfg.dataset.name} ({len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test, input {tuple(data.in_shape)}, {data.num_classes} classes) on {parts.device}, "
+        f"{len(data.test)} test, input {tuple(data.in_shape)}, {_what(data)}) on {parts.device}, "
         f"{parts.amp.name}"
     )
     console.print(f"model: {total:,} parameters ({trainable:,} trainable); run dir: {run_dir}")
@@ -192,6 +193,10 @@ def announce(cfg, parts: Parts, console: Console, run_dir: Path) -> None:
         describe_init(parts.built.init_fn, cfg.initializer.zero_bias),
         ", ".join(parts.built.initialized) or "nothing",
     )
+
+
+def _what(data: Data) -> str:
+    return "a regression" if data.task == "regression" else f"{data.num_classes} classes"
 
 
 @dataclass
@@ -372,8 +377,12 @@ def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Out
     ddp.broadcast_from_main(model)
     loss_fn, amp = parts.built.eval_loss, parts.amp
     test_metrics = to_floats(evaluate(model, parts.loaders[2], loss_fn, parts.eval_metrics, amp))
-    readings = test_readings(parts.eval_metrics, parts.data.classes, model, parts.loaders[1], loss_fn, amp, parts.device)
+    if parts.data.task == "regression":
+        readings = regression_readings(parts.eval_metrics, model, parts.data)
+    else:
+        readings = test_readings(parts.eval_metrics, parts.data.classes, model, parts.loaders[1], loss_fn, amp, parts.device)
     tracker.log_test(test_metrics, parts.eval_metrics.confusion, state.best_epoch, readings)
+    tracker.log_regression(readings, state.best_epoch)
     kill_point("test_logged")
     tracker.log_misclassified(model, parts.loaders[2], state.best_epoch)
     tracker.log_boundary(model, parts.data, state.best_epoch, final=True)

@@ -13,7 +13,7 @@ log = logging.getLogger("dlrun")
 
 
 def _fmt(row: dict, split: str) -> str:
-    return " ".join(f"{m} {row[f'{split}/{m}']:.4f}" for m in ("loss", "accuracy", "f1") if f"{split}/{m}" in row)
+    return " ".join(f"{m} {row[f'{split}/{m}']:.4f}" for m in ("loss", "accuracy", "f1", "rmse", "r2") if f"{split}/{m}" in row)
 
 
 class Console:

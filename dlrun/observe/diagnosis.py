@@ -23,6 +23,7 @@ OVERFIT_TAIL_EPOCHS = 2
 # underfitting: the final train accuracy (and the val accuracy, when there is one) is below UNDERFIT_MAX_ACCURACY, and
 # the train loss has fallen by less than UNDERFIT_FLAT_DROP of its value over at least the recent window.
 UNDERFIT_MAX_ACCURACY = 0.80
+UNDERFIT_MAX_R2 = 0.20  # a regression's: its train (and val) r2 below this
 UNDERFIT_FLAT_DROP = 0.05
 # The recent window: the last RECENT_FRACTION of the epochs, at least RECENT_MIN_EPOCHS, always leaving one before it.
 RECENT_FRACTION = 0.2
@@ -97,8 +98,16 @@ def _result(verdict: str, epoch, reason: str, suggestion: str) -> dict:
 def _accuracy_gap(c: Curves) -> str:
     train, val = c.last("train/accuracy"), c.last("val/accuracy")
     if not (math.isfinite(train) and math.isfinite(val)):
-        return ""
+        return _rmse_gap(c)
     return f"; train accuracy {_fmt(train)} vs val {_fmt(val)} (gap {100 * (train - val):.1f} points)"
+
+
+def _rmse_gap(c: Curves) -> str:
+    """A regression's train-val gap, in the target's units."""
+    train, val = c.last("train/rmse"), c.last("val/rmse")
+    if not (math.isfinite(train) and math.isfinite(val)):
+        return ""
+    return f"; train rmse {_fmt(train)} vs val {_fmt(val)}"
 
 
 def _lower_lr(c: Curves) -> str:
@@ -193,8 +202,9 @@ def _plateau_start(loss: np.ndarray) -> int:
 
 
 def _underfitting(c: Curves) -> dict | None:
-    acc, val_acc, loss = c.last("train/accuracy"), c.last("val/accuracy"), c["train/loss"]
-    if c.n < 2 or not math.isfinite(acc) or acc >= UNDERFIT_MAX_ACCURACY or val_acc >= UNDERFIT_MAX_ACCURACY:
+    score, limit = ("accuracy", UNDERFIT_MAX_ACCURACY) if c.has("train/accuracy") else ("r2", UNDERFIT_MAX_R2)
+    acc, val_acc, loss = c.last(f"train/{score}"), c.last(f"val/{score}"), c["train/loss"]
+    if c.n < 2 or not math.isfinite(acc) or acc >= limit or val_acc >= limit:
         return None
     if not np.isfinite(loss).all():
         return None
@@ -204,7 +214,7 @@ def _underfitting(c: Curves) -> dict | None:
     drop = (loss[start] - loss[start:].min()) / loss[start]
     val_text = f" (val {_fmt(val_acc)})" if math.isfinite(val_acc) else ""
     reason = (
-        f"train accuracy is only {_fmt(acc)}{val_text} and train loss has fallen just {drop:.1%} "
+        f"train {score} is only {_fmt(acc)}{val_text} and train loss has fallen just {drop:.1%} "
         f"(under {UNDERFIT_FLAT_DROP:.0%}) since epoch {c.epochs[start]}, to {_fmt(loss[-1])}"
     )
     lr = c.peak_lr()
@@ -269,7 +279,7 @@ def _still_improving(c: Curves, monitor: str, mode: str) -> dict | None:
 def _good_fit_reason(c: Curves, monitor: str, mode: str, best: int) -> str:
     needed = f"{SCORE_MIN_GAIN:g}" if mode == "max" else f"{LOSS_MIN_GAIN:.0%}"
     reason = (
-        f"{monitor} peaked at {_fmt(c[monitor][best])} at epoch {c.epochs[best]}, "
+        f"{monitor} {'peaked' if mode == 'max' else 'reached its lowest'} at {_fmt(c[monitor][best])} at epoch {c.epochs[best]}, "
         f"with no gain above {needed} in the last {_epochs(c.window())}"
     )
     val = c["val/loss"]

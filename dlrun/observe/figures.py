@@ -290,6 +290,52 @@ def threshold_figure(thresholds, precision, recall, f1, best: float, default: fl
     return fig
 
 
+def predictions_figure(pred: np.ndarray, target: np.ndarray, title: str = "") -> Figure:
+    """A regression's predictions against the true targets, with the identity line a perfect model sits on."""
+    pred, target = np.asarray(pred, dtype=float), np.asarray(target, dtype=float)
+    fig = Figure(figsize=(4.2, 4.0), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(target, pred, s=10, alpha=0.6, edgecolors="none")
+    both = np.concatenate([pred, target]) if len(pred) else np.zeros(1)
+    low, high = float(both.min()), float(both.max())
+    ax.plot([low, high], [low, high], color="0.2", linestyle="--", linewidth=1.2, label="predicted = true")
+    ax.set(xlabel="true", ylabel="predicted", aspect="equal")
+    ax.set_title("\n".join(filter(None, (title, "predicted against true"))), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def residuals_figure(pred: np.ndarray, target: np.ndarray, title: str = "") -> Figure:
+    """The histogram of a regression's residuals (true - predicted): centred on 0 when the model is unbiased."""
+    residuals = np.asarray(target, dtype=float) - np.asarray(pred, dtype=float)
+    fig = Figure(figsize=(4.2, 3.4), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist(residuals, bins=min(40, max(5, len(residuals) // 5)), color="tab:blue", alpha=0.8)
+    ax.axvline(0, color="0.2", linestyle="--", linewidth=1.2)
+    mean = residuals.mean() if len(residuals) else float("nan")
+    ax.set(xlabel="residual (true - predicted)", ylabel="count")
+    ax.set_title("\n".join(filter(None, (title, f"residuals, mean {mean:.3g}"))), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    return fig
+
+
+def function_figure(xs: np.ndarray, learned: np.ndarray, x: np.ndarray, y: np.ndarray, title: str = "") -> Figure:
+    """A 1-D regression: the training points and the function the model learned over their range."""
+    fig = Figure(figsize=(5.0, 3.6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=8, alpha=0.4, color="0.4", edgecolors="none", label="training data")
+    ax.plot(xs, learned, color="tab:red", linewidth=2, label="learned function")
+    ax.set(xlabel="x", ylabel="y")
+    ax.set_title(title or "learned function", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def class_templates_figure(images: np.ndarray, classes: list[str], columns: int | None = None) -> Figure:
     """A linear model's weights per class, images (C, channels, H, W) in [0, 1], as tiles named by their class:
     each tile is the input that class scores highest, so a trained model shows recognisable digits or shapes."""

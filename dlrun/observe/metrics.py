@@ -1,4 +1,4 @@
-"""Classification scores, accumulated on the training device and read once per epoch.
+"""Classification scores (and a regression's errors), accumulated on the training device and read once per epoch.
 
 Every count-based score comes from one confusion matrix, added to at each step without reading anything
 back to the host; the ranking scores (AUROC, average precision) from the class probabilities kept on the
@@ -76,6 +76,64 @@ class EpochScores(torch.nn.Module):
 
 def classification_metrics(num_classes: int) -> EpochScores:
     return EpochScores(num_classes)
+
+
+class RegressionScores(torch.nn.Module):
+    """Mean loss, and the errors of a regression's predictions in the target's own units: the model predicts
+    the target scaled by the training split's (mean, std), which `target_scale` undoes.
+
+    mae is the mean absolute error, rmse the root of the mean squared error, r2 the coefficient of
+    determination 1 - SS_res / SS_tot (0 for the mean predictor; NaN for a constant target)."""
+
+    def __init__(self, target_scale: tuple[float, float] = (0.0, 1.0)):
+        super().__init__()
+        self.mean, self.std = (float(v) for v in target_scale)
+        self.confusion, self.scores = None, None  # no classes: nothing for the matrix or the PR curves
+        self.reset()
+
+    def reset(self) -> None:
+        self.outputs: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+
+    @torch.no_grad()
+    def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        self.outputs.append(output.detach().reshape(len(target)).float())
+        self.targets.append(target.float())
+        self.losses.append(loss.detach())
+        self.sizes.append(len(target))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        device = self.losses[0].device if self.losses else torch.device("cpu")
+        pred = torch.cat(self.outputs) if self.outputs else torch.zeros(0, device=device)
+        target = torch.cat(self.targets) if self.targets else torch.zeros(0, device=device)
+        losses = torch.stack(self.losses).double() if self.losses else torch.zeros(0, dtype=torch.float64, device=device)
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=losses.device)
+        loss = torch.stack([(losses * sizes).sum(), sizes.sum()])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(loss)
+            pred, target = _gather_rows(pred), _gather_rows(target)
+        pred, target = pred.double() * self.std + self.mean, target.double() * self.std + self.mean
+        self.predictions = (pred.float(), target.float())  # in the target's units, for the figures
+        return {"loss": (loss[0] / loss[1]).float(), **regression_scores(pred, target)}
+
+
+def regression_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MAE, RMSE and R2 of predictions against targets, as scikit-learn's mean_absolute_error,
+    root_mean_squared_error and r2_score compute them."""
+    if len(target) == 0:
+        nan = torch.tensor(math.nan)
+        return {"mae": nan, "rmse": nan, "r2": nan}
+    error = pred.double() - target.double()
+    total = ((target.double() - target.double().mean()) ** 2).sum()
+    r2 = 1 - (error**2).sum() / total if total > 0 else torch.tensor(math.nan, dtype=torch.float64)
+    return {"mae": error.abs().mean().float(), "rmse": error.pow(2).mean().sqrt().float(), "r2": r2.float()}
+
+
+def task_metrics(task: str, num_classes: int, target_scale=(0.0, 1.0)) -> torch.nn.Module:
+    """The scores a run's split is measured with: a classification's, or a regression's in the target's units."""
+    return RegressionScores(target_scale) if task == "regression" else EpochScores(num_classes)
 
 
 def _gather_rows(t: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,10 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import metadata
 from torch.utils.tensorboard import SummaryWriter
 
-from dlrun.config.schema import METRIC_NAMES
+from dlrun.config.schema import metric_names
 from dlrun.core import ranks
 from dlrun.core.faultpoints import kill_point
-from dlrun.core.io import write_csv, write_json
+from dlrun.core.io import read_json, write_csv, write_json
 from dlrun.observe import dashboards, figures
 from dlrun.observe.tables import classification_report, markdown_table, write_confusion_csv
 
@@ -37,6 +37,8 @@ class Tracker:
         self.start = time.time() - (resume["wall_time_s"] if resume else 0)
         # Who runs it, so that `dlrun runs` can tell a live run from one whose process died (on this host, by its lock).
         started = datetime.now().astimezone().isoformat(timespec="seconds")
+        if resume:  # a resumed run keeps the date it first started
+            started = read_json(self.run_dir / "metrics.json").get("started", started)
         attempt = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
         self.metrics = {"status": "running", **info, **attempt, "epochs_planned": cfg.trainer.epochs}
         # In a multi-process run only rank 0 writes; the others keep the same history in memory.
@@ -56,7 +58,7 @@ class Tracker:
         # Written once: a resumed run adds them only if the killed one never got them to its file.
         present = self.present
         if ("custom_scalars__config__", 0) not in present:
-            self.writer.file_writer.add_summary(dashboards.custom_scalars_summary(METRIC_NAMES))
+            self.writer.file_writer.add_summary(dashboards.custom_scalars_summary(metric_names(cfg.get("task"))))
         if cfg.logging.hparams:
             # Written into this run's own event file (not add_hparams, which makes a new
             # timestamped run) so that each run is one run in TensorBoard and in the HParams tab.
@@ -100,7 +102,7 @@ class Tracker:
                 if param.grad is not None:  # the last step's gradient
                     self.writer.add_histogram(f"gradients/{name}", param.grad, epoch)
         images = model.weight_images() if self.cfg.logging.weight_images and hasattr(model, "weight_images") else None
-        if images is not None:
+        if images is not None and len(images) == len(self.classes):  # a binary head's one template has no class
             fig = figures.class_templates_figure(_unit_range(images).cpu().numpy(), self.classes)
             self.writer.add_image("weights/class_templates", figures.render(fig), epoch, dataformats="HWC")
 
@@ -116,7 +118,8 @@ class Tracker:
         for x, y in loader:
             if x.dim() != 4:  # not images
                 return
-            pred = model(x).argmax(1)
+            logits = model(x)
+            pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()  # one logit: a binary head
             wrong = (pred != y).nonzero().flatten()[: wanted - len(images)]
             images += list(_unit_range(x[wrong].float()).cpu().numpy())
             pairs = zip(y[wrong].tolist(), pred[wrong].tolist())
@@ -181,6 +184,8 @@ class Tracker:
         """The test scores and confusion matrix, and what was read from them: curves, threshold, worst confusions."""
         readings = readings or {}
         self.metrics["test"] = test
+        if cm is not None:  # each class's test recall, which the macro average can hide (a summary's test/recall_rarest)
+            self.metrics["test_per_class"] = per_class_recall(np.asarray(cm), self.classes)
         self.metrics.update({k: readings[k] for k in ("most_confused", "threshold") if k in readings})
         if not self.writes:
             return
@@ -190,6 +195,8 @@ class Tracker:
         if "scores" in readings:
             self._pr_curves("test", readings["scores"], epoch, writer)
         self._log_curves(readings, writer, epoch)
+        if cm is None:  # a regression: its figures instead (log_regression)
+            return
         if readings.get("most_confused"):
             writer.add_text("test/most_confused", confusions_markdown(readings["most_confused"][:5]), epoch)
         # TensorBoard's card is ~350 px wide: the counts alone there; the PNG has the row-normalised view beside them.
@@ -200,6 +207,24 @@ class Tracker:
         header, rows = classification_report(cm, self.classes)
         write_csv(self.run_dir / "classification_report.csv", header, rows)
         writer.add_text("test/classification_report", markdown_table(header, rows), epoch)
+
+    def log_regression(self, readings: dict, epoch: int) -> None:
+        """A regression's test figures in place of the confusion matrix: predictions.png (predicted against true),
+        residuals.png, and for one input feature function.png (the learned function over the data); TensorBoard too."""
+        if not self.writes or "predictions" not in readings:
+            return
+        pred, target = readings["predictions"]
+        shown = [
+            ("test/predictions", "predictions.png", figures.predictions_figure(pred, target, "test")),
+            ("test/residuals", "residuals.png", figures.residuals_figure(pred, target, "test")),
+        ]
+        if "function" in readings:
+            learned = figures.function_figure(*readings["function"], "learned function, best epoch")
+            shown.append(("test/function", "function.png", learned))
+        for tag, name, fig in shown:
+            picture = figures.render(fig)
+            figures.save_png(picture, self.run_dir / name)
+            self.writer.add_image(tag, picture, epoch, dataformats="HWC")
 
     def _log_curves(self, readings: dict, writer, epoch: int) -> None:
         """pr_curve.png and roc_curve.png; for two classes threshold.png and the threshold's scores."""
@@ -264,7 +289,8 @@ class Tracker:
         unwritten = None
         if self.history and self.writes:
             try:
-                figures.save_figure(figures.curves_figure(self.history), self.run_dir / "curves.png")
+                shown = ("loss", "rmse", "r2") if self.cfg.get("task") == "regression" else ("loss", "accuracy", "f1")
+                figures.save_figure(figures.curves_figure(self.history, shown), self.run_dir / "curves.png")
             except OSError as err:  # a full disk: the old figure stays; a completed run still says so, below
                 log.warning("curves.png not written: %s", err)
                 unwritten = err
@@ -276,6 +302,14 @@ class Tracker:
             self.save_metrics(status=status)
         if unwritten is not None and status == "completed":
             raise unwritten
+
+
+def per_class_recall(cm: np.ndarray, classes: list[str]) -> dict:
+    """{"recall": {class: share of its test samples classified right}, "support": {class: its test samples}}."""
+    support = cm.sum(1)
+    recall = np.divide(np.diag(cm), support, out=np.zeros(len(cm)), where=support > 0)
+    names = [str(c) for c in classes]
+    return {"recall": dict(zip(names, np.round(recall, 6).tolist())), "support": dict(zip(names, support.astype(int).tolist()))}
 
 
 def confusions_markdown(cells: list[dict]) -> str:
