@@ -163,6 +163,7 @@ def test_on_cuda_in_the_precision_training_picks(here):
         (["lr_find.smoothing=1"], "lr_find.smoothing=1: must be a number in [0, 1) (0: no smoothing)"),
         (["lr_find.diverge=1"], "lr_find.diverge=1: must be a number > 1 or null (null: never stop early)"),
         (["-m", "optimizer.lr=0.1,0.2"], "dlrun lr-find runs one range test; drop -m"),
+        (["lr_find.strat_lr=1e-5"], "lr_find.strat_lr: no such key; did you mean 'lr_find.start_lr'"),
     ],
 )
 def test_bad_values_are_one_line(here, overrides, line):

@@ -11,9 +11,10 @@ from pathlib import Path
 import hydra
 
 from dlrun.app.train_cmd import _argv, _env
+from dlrun.config.schema import LR_FIND
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.lock import LOCK_NAME
-from dlrun.core.text import override_key, quote_override, unquote_override
+from dlrun.core.text import did_you_mean, override_key, quote_override, unquote_override
 
 # Files a training run keeps; a folder holding one is never an lr-find's directory (Hydra would rewrite its .hydra/).
 RUN_FILES = ("metrics.json", "last.pt", "best.pt", "history.csv")
@@ -30,10 +31,15 @@ def run_lr_find_app(args: list[str]) -> LrFound | None:
     None when Hydra only showed something (--help, --cfg)."""
     if any(a in ("-m", "--multirun") for a in args):
         raise DlrunError("dlrun lr-find runs one range test; drop -m (a sweep of trainings is `dlrun train -m ...`)")
+    known = [key for key in LR_FIND if key != "lr_find"]
     for arg in args:
         key, _, value = arg.partition("=")
-        if override_key(key) == "hydra.run.dir" and value:
+        key = override_key(key)
+        if key == "hydra.run.dir" and value:
             _refuse_run_dir(Path(unquote_override(value)))
+        if key.startswith("lr_find.") and key not in known:  # Hydra's own line would name train's keys only
+            names = ", ".join(k.split(".")[1] for k in known)
+            raise DlrunError(f"{key}: no such key{did_you_mean(key, known)} (lr_find's keys: {names})")
     found, failures = [], []
     # One test even where an experiment sets hydra.mode=MULTIRUN: its base config, without its sweep.
     args = [*args, "hydra.mode=RUN"]

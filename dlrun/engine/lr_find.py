@@ -214,8 +214,8 @@ def find(cfg, console: Console) -> Found:
         raise DlrunError(f"lr-find: {test.stop}, before any step could be measured; try a lower lr_find.start_lr")
     if test.stopped_early:
         console.print(f"stopped early after {len(test.lrs)} of {len(lrs)} steps: {test.stop}")
-    elif diverge is not None:
-        console.print(f"ran all {len(lrs)} steps: the smoothed loss never passed {diverge:g} x its minimum")
+    else:
+        console.print(f"ran all {len(lrs)} steps without stopping early")
     suggestions = {rule: suggest(test.lrs, test.smoothed, rule) for rule in LR_RULES}
     return Found(test, suggestions, str(settings.rule))
 
