@@ -25,15 +25,15 @@ from dlrun.engine.steps import evaluate, to_floats
 from dlrun.model.losses import eval_loss
 from dlrun.observe import figures
 from dlrun.observe.console import Console
-from dlrun.observe.metrics import classification_metrics, scores_at
+from dlrun.observe.metrics import scores_at, task_metrics
 from dlrun.observe.tables import classification_report, write_confusion_csv
 
 USAGE = """Usage: dlrun eval PATH [split=test|val] [dataset=NAME] [dataset.KEY=VALUE ...] [device=auto|cpu|cuda|mps]
                   [batch_size=N] [threshold=T] [--trust-config]
 
 Evaluate a run's best.pt (or the checkpoint PATH names) again and write metrics.json,
-classification_report.csv, confusion_matrix.csv and confusion_matrix.png into
-<run dir>/eval/<dataset>-<split>-<checkpoint>/.
+classification_report.csv, confusion_matrix.csv and confusion_matrix.png (a regression:
+predictions.png and residuals.png) into <run dir>/eval/<dataset>-<split>-<checkpoint>/.
 
   split=test        the dataset's test split (default), or split=val: the run's own validation split
   threshold=T       two classes: also score the positive class with `probability >= T` as positive
@@ -192,23 +192,27 @@ def evaluate_checkpoint(
     if threshold is not None and len(classes) != 2:
         raise ConfigError("threshold", threshold, f"applies to two-class tasks; this model has {len(classes)} classes")
     _, val_loader, test_loader = make_loaders(data, cfg, dev)
-    metrics = classification_metrics(len(classes)).to(dev)
-    stats = evaluate(model, val_loader if split == "val" else test_loader, eval_loss("classification"), metrics, amp)
+    task = data.task
+    metrics = task_metrics(task, len(classes), data.target_scale).to(dev)
+    stats = evaluate(model, val_loader if split == "val" else test_loader, eval_loss(task), metrics, amp)
     cm = metrics.confusion
     result = {
         "checkpoint": str(ckpt_path),
         "epoch": state["epoch"],
         "dataset": cfg.dataset.name,
         "split": split,
-        "samples": int(cm.sum()),
+        "samples": len(data.val if split == "val" else data.test),
         "device": str(dev),
         "precision": amp.name,
         split: to_floats(stats),
     }
-    if len(classes) == 2:
+    if len(classes) == 2 and task == "classification":
         result["threshold"] = at_thresholds(metrics.scores, threshold)
     out = run_dir / "eval" / f"{cfg.dataset.name}-{split}-{ckpt_path.stem}"
-    write_eval(out, result, cm, classes, f"{cfg.dataset.name} {split}")
+    if task == "regression":
+        write_regression_eval(out, result, metrics.predictions, f"{cfg.dataset.name} {split}")
+    else:
+        write_eval(out, result, cm, classes, f"{cfg.dataset.name} {split}")
     console = Console()
     console.summary(
         f"{ckpt_path} (epoch {state['epoch']}) on {cfg.dataset.name} {split}, {result['samples']} samples", {split: result[split]}
@@ -240,7 +244,7 @@ def eval_data(cfg, state: dict, ckpt_path: Path, dataset, dataset_overrides, bat
         cfg.dataset = OmegaConf.merge(cfg.dataset, OmegaConf.from_dotlist(list(dataset_overrides)))
     if batch_size is not None:
         cfg.trainer.eval_batch_size = batch_size
-    data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)
+    data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction, task=cfg.get("task"))
     classes, in_shape = list(state["classes"]), tuple(state["in_shape"])
     if tuple(data.in_shape) != in_shape or data.num_classes != len(classes):
         raise ConfigError(
@@ -286,6 +290,14 @@ def write_eval(out: Path, result: dict, cm, classes: list[str], title: str) -> N
     write_csv(out / "classification_report.csv", *classification_report(cm, classes))
     write_confusion_csv(out / "confusion_matrix.csv", cm, classes)
     figures.save_figure(figures.confusion_figure(cm, classes, title), out / "confusion_matrix.png")
+
+
+def write_regression_eval(out: Path, result: dict, predictions: tuple, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", result)
+    pred, target = (t.cpu().numpy() for t in predictions)
+    figures.save_figure(figures.predictions_figure(pred, target, title), out / "predictions.png")
+    figures.save_figure(figures.residuals_figure(pred, target, title), out / "residuals.png")
 
 
 def _check_module_class(target) -> None:

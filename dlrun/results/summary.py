@@ -23,6 +23,8 @@ from dlrun.results.runs import Run, find_runs, float_or_nan
 FINISHED = ("completed", "diverged", "pruned")  # a rerun would give the same answer: skip these when resuming
 SEED_AXIS = "seed"
 CURVES = (("val/accuracy", "val accuracy"), ("val/loss", "val loss"), ("train/loss", "train loss"))
+REGRESSION_SCORES = ("mae", "rmse", "r2")
+REGRESSION_CURVES = (("val/rmse", "val rmse"), ("val/loss", "val loss"), ("train/loss", "train loss"))
 AGGREGATES = ("last", "min", "max", "best")
 # Keys that never tell runs apart (resume's run, where files go, Hydra's own), and keys that change what is
 # logged but not what is learned: those show only when nothing else tells two runs apart.
@@ -49,12 +51,33 @@ class Column:
     csv: str  # summary.csv and summary.json
 
     def value(self, run: Run):
+        if self.key == RAREST_RECALL:
+            return rarest_recall(run)
         return run.metric(self.key, self.agg)
+
+
+# The test recall of the class with the fewest training examples: what an imbalanced training set costs,
+# which accuracy and even macro F1 dilute over the other classes (experiment=imbalance).
+RAREST_RECALL = "test/recall_rarest"
+
+
+def rarest_recall(run: Run):
+    """From metrics.json's train_class_counts and test_per_class.recall; None for runs that lack them."""
+    counts = run.metrics.get("train_class_counts")
+    recall = (run.metrics.get("test_per_class") or {}).get("recall")
+    if not isinstance(counts, dict) or not isinstance(recall, dict):
+        return None
+    counted = {c: n for c, n in counts.items() if isinstance(n, int | float) and not isinstance(n, bool)}
+    if not counted:
+        return None
+    value = recall.get(min(counted, key=counted.get))  # ties: the first class
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def parse_column(spec: str, monitor: str) -> Column:
     """`KEY[@AGG]`. KEY: val/<metric> (its value at the best epoch), test/<metric> (the test results), train/<metric>
-    (its last epoch), epoch (the best one), verdict (the run's diagnosis), or a dotted key of metrics.json
+    (its last epoch), epoch (the best one), verdict (the run's diagnosis), test/recall_rarest (the test recall of the class
+    with the fewest training examples), or a dotted key of metrics.json
     (parameters.total). @AGG, over history.csv's rows: @last (the last epoch), @min, @max, @best (at the best epoch)."""
     key, _, agg = str(spec).strip().partition("@")
     if not key or (agg and agg not in AGGREGATES):
@@ -69,6 +92,8 @@ def parse_column(spec: str, monitor: str) -> Column:
         return Column(key, None, f"best {key}", f"best_{key}")
     if key == "epoch":
         return Column(key, None, "best epoch", "best_epoch")
+    if key == RAREST_RECALL:
+        return Column(key, None, "test recall of the rarest class", key)
     if key.startswith("test/"):
         name = key[len("test/") :]
         return Column(key, None, "test acc" if name == "accuracy" else f"test {name}", key)
@@ -78,6 +103,10 @@ def parse_column(spec: str, monitor: str) -> Column:
 
 
 def default_columns(monitor: str) -> list[str]:
+    """The best monitored value, its epoch, and the test scores that say most: a regression's (monitored by
+    its error or r2) rmse and r2, a classification's accuracy and F1."""
+    if monitor.split("@")[0].split("/")[-1] in REGRESSION_SCORES:
+        return [monitor, "epoch", "test/rmse", "test/r2"]
     return [monitor, "epoch", "test/accuracy", "test/f1"]
 
 
@@ -367,6 +396,7 @@ def print_summary(summary: Summary, title: str, with_names: bool, logdir: Path) 
         lines += ["not finished:", *[f"  {row.name}: {row.status}" for row in summary.failed]]
     if summary.search and "best_params" in summary.search:
         lines.append(f"optuna best parameters: {_params(summary.search)}")
+    lines += importance_lines(summary.search)
     lines.append(f"summary: {summary.out_dir / 'summary.md'}, summary.csv, curves.png")
     lines.append(f"open them with: tensorboard --logdir {logdir}")
     for line in lines:
@@ -437,6 +467,16 @@ def _cut_header(name: str, width: int) -> str:
     return _cut(name, width)
 
 
+def importance_lines(search: dict | None) -> list[str]:
+    """The parameters' importance an Optuna search measured (fANOVA; written with 10 completed trials or more)."""
+    importance = (search or {}).get("importance")
+    if not isinstance(importance, dict) or not importance:
+        return []
+    width = max(len(str(k)) for k in importance)
+    rows = [f"  {k!s:<{width}}  {float_or_nan(v):.3f}" for k, v in importance.items()]
+    return ["parameter importance (fANOVA over the completed trials; they sum to 1):", *rows]
+
+
 def _params(search: dict) -> str:
     params = " ".join(f"{k}={v}" for k, v in search["best_params"].items())
     return f"{params} (objective {search.get('best_value')})"
@@ -504,6 +544,8 @@ def summary_markdown(summary: Summary, title: str, with_names: bool) -> str:
     ]
     if summary.search and "best_params" in summary.search:
         parts += [f"Optuna's best parameters: {_params(summary.search)}", ""]
+        if importance_lines(summary.search):
+            parts += ["```", *importance_lines(summary.search), "```", ""]
     if summary.groups is not None:
         by_config = markdown_table(*table_cells(summary, summary.groups, True, False))
         parts += ["## By configuration, mean ± std over seeds", "", by_config, "", "## Every job", ""]
@@ -531,8 +573,11 @@ def curves_figure(summary: Summary):
     from matplotlib.ticker import MaxNLocator
 
     rows = summary.ranked
-    fig = Figure(figsize=(5 * len(CURVES), 4.2))
-    axes = fig.subplots(1, len(CURVES), squeeze=False)
+    # regression runs have no accuracy: their rmse takes its panel
+    regression = not any("val/accuracy" in h[0] for r in rows for h in (run.history for run in r.runs) if h)
+    curves = REGRESSION_CURVES if regression and any(run.history for r in rows for run in r.runs) else CURVES
+    fig = Figure(figsize=(5 * len(curves), 4.2))
+    axes = fig.subplots(1, len(curves), squeeze=False)
     colors = colormaps["tab10" if len(rows) <= 10 else "tab20" if len(rows) <= 20 else "viridis"]
     best = rows[0] if rows and not math.isnan(rows[0].score) else None
     for i, row in enumerate(rows):
@@ -542,7 +587,7 @@ def curves_figure(summary: Summary):
         color = colors(i % 20 if len(rows) <= 20 else i / max(len(rows) - 1, 1))
         length = max(len(h) for h in histories)
         epochs = np.arange(1, length + 1)
-        for ax, (key, _) in zip(axes[0], CURVES):
+        for ax, (key, _) in zip(axes[0], curves):
             values = np.full((len(histories), length), np.nan)
             for j, history in enumerate(histories):
                 values[j, : len(history)] = [h.get(key, math.nan) for h in history]
@@ -562,7 +607,7 @@ def curves_figure(summary: Summary):
             if len(histories) > 1:
                 std = np.nanstd(values, axis=0)
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
-    for ax, (_, title) in zip(axes[0], CURVES):
+    for ax, (_, title) in zip(axes[0], curves):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel("epoch")
