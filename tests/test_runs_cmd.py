@@ -193,8 +193,13 @@ def paths_of(capsys, root: Path, made: dict, *args: str) -> list[str]:
     return names_of([{"path": p} for p in run_main(capsys, root, "--paths", *args).splitlines()], made, root)
 
 
-def test_filters_sort_and_limit(outputs, capsys):
+def test_filters_sort_and_limit(outputs, capsys, monkeypatch):
     root, made = outputs
+    monkeypatch.setenv("DLRUN_DATA_DIR", "/data/here")  # dataset.root: ${paths.data_dir}, ${oc.env:DLRUN_DATA_DIR,./data}
+    assert len(paths_of(capsys, root, made, "--where", "dataset.root=/data/here")) == 12
+    assert paths_of(capsys, root, made, "--where", "trainer.epochs=1", "--where", "resume=null", "--status", "crashed") == [
+        "stale"
+    ]
     assert set(paths_of(capsys, root, made, "--status", "crashed,failed")) == {"stale", "failed"}
     assert set(paths_of(capsys, root, made, "--status", "pruned", "--status", "diverged")) == {"pruned", "diverged"}
     assert paths_of(capsys, root, made, "--status", "not-started") == ["never"]

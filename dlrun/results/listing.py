@@ -17,7 +17,7 @@ from pathlib import Path
 from dlrun.core.errors import DlrunError
 from dlrun.core.lock import LOCK_NAME
 from dlrun.core.nested import lookup
-from dlrun.core.text import did_you_mean
+from dlrun.core.text import did_you_mean, show_value
 from dlrun.results.runs import Run, find_runs, float_or_nan, resolved
 
 STATUSES = ("completed", "running", "crashed", "failed", "diverged", "interrupted", "pruned", "unreadable", "not started")
@@ -139,8 +139,8 @@ def _entry(run: Run) -> Entry:
         best = finite_number(run.metric(run.monitor, "max" if run.mode == "max" else "min"))
     started = _iso_date(metrics.get("started"))
     wall = finite_number(metrics.get("wall_time_s"))
-    if status == "running" and not note and started is not None:  # metrics.json holds its time up to its start
-        wall = (wall or 0.0) + max(0.0, time.time() - started)
+    if status == "running" and not note:  # metrics.json holds its time up to this attempt's start, when it was written
+        wall = (wall or 0.0) + max(0.0, time.time() - (_mtime(run.path / "metrics.json") or time.time()))
     error = metrics.get("error") if status != "running" else None
     entry = Entry(run, status, error or note, started or _file_date(run.path), epochs, None, best, wall)
     entry.epochs_planned = finite_number(metrics.get("epochs_planned"))
@@ -200,27 +200,34 @@ def _iso_date(text) -> float | None:
         return None
 
 
-def _file_date(path: Path) -> float | None:
+def _file_date(run_dir: Path) -> float | None:
     """When Hydra wrote the run's config (as the run started), for runs whose metrics.json has no start date."""
-    for candidate in (path / ".hydra" / "config.yaml", path / "metrics.json", path):
-        try:
-            return candidate.stat().st_mtime
-        except OSError:
-            continue
+    for candidate in (run_dir / ".hydra" / "config.yaml", run_dir / "metrics.json", run_dir):
+        if (when := _mtime(candidate)) is not None:
+            return when
     return None
 
 
-def config_value(entry: Entry, key: str) -> str | None:
-    """The run's config value for `key` as text (a config group's chosen option, or a key of the composed config,
-    interpolations resolved); None when the run has no such key."""
-    run = entry.run
-    if key not in run.choices and not lookup(run.config, key)[0] and key not in run.overrides:
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
         return None
-    value = run.value(key)
-    if "${" in value and not entry.config_resolved:
+
+
+def config_value(entry: Entry, key: str) -> str | None:
+    """The run's config value for `key` as an override writes it (a config group's chosen option, or a key of the
+    composed config with its interpolations resolved: `null`, `true`, `[100]`); None when the run has no such key."""
+    run = entry.run
+    if key in run.choices:
+        return run.value(key)  # for `device`: the device the run used
+    found, node = lookup(run.config, key)
+    if found and isinstance(node, str) and "${" in node and not entry.config_resolved:
         run.config, entry.config_resolved = resolved(run.config), True
-        value = run.value(key)
-    return value
+        found, node = lookup(run.config, key)
+    if not found:
+        return run.overrides.get(key)
+    return show_value(node)
 
 
 def _config_number(entry: Entry, key: str):
