@@ -166,9 +166,8 @@ def test_a_csv_classification_trains_end_to_end(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [4, 8])
-def test_the_command_prints_the_line_and_exits(tmp_path, case):
-    name, overrides, expected = bad_cases(tmp_path)[case]
+def test_the_command_prints_the_line_and_exits(tmp_path):
+    name, overrides, expected = bad_cases(tmp_path)[4]  # a text in a column of numbers
     proc = run_dlrun("train", "dataset=csv", f"dataset.path={name}", "dataset.target=y", *overrides, cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("dlrun: error: ")
