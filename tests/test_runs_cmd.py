@@ -80,11 +80,18 @@ def outputs(real_run, tmp_path_factory):
         "regression": make_run(real_run, runs / "regression", 80, test={"rmse": 0.25, "r2": 0.875}, diagnosis=None),
         "not_json": make_run(real_run, runs / "not_json", 9),
         "wrong_types": make_run(real_run, runs / "wrong_types", 10),
+        "far_fetched": make_run(
+            real_run, runs / "far_fetched", 0, started="0001-01-01T00:00:00+14:00", epochs_completed=1e400, test=None
+        ),
     }
     choose(made["cnn"], "cnn", "mnist")
     (made["not_json"] / "metrics.json").write_text('{"status": "completed", "best": ')
     (made["wrong_types"] / "metrics.json").write_text(json.dumps({"status": "completed", "best": [0.9]}))
-    for name, hours_ago in (("not_json", 50), ("wrong_types", 60)):  # dated by their config's file, as Hydra wrote it
+    for name, hours_ago in (
+        ("not_json", 50),
+        ("wrong_types", 60),
+        ("far_fetched", 70),
+    ):  # dated by their config's file, as Hydra wrote it
         when = time.time() - hours_ago * HOUR
         os.utime(made[name] / ".hydra" / "config.yaml", (when, when))
     never = runs / "never"
@@ -111,7 +118,7 @@ def test_every_status_in_one_table_newest_first(outputs):
     root, made = outputs
     proc = run_dlrun("runs", cwd=root, env=WIDE)  # ./outputs by default, piped: plain columns
     lines = proc.stdout.splitlines()
-    assert lines[0] == "12 runs in outputs, newest first" and "│" not in proc.stdout
+    assert lines[0] == "13 runs in outputs, newest first" and "│" not in proc.stdout
     header = lines[1].split()
     assert header[:5] == ["date", "status", "model", "dataset", "epochs"]
     assert {"val/f1", "acc", "f1", "rmse", "r2", "verdict", "time", "path"} <= set(header)
@@ -137,13 +144,18 @@ def test_every_status_in_one_table_newest_first(outputs):
     assert "0.2500" in regression and "0.8750" in regression  # its rmse and r2; no accuracy, no f1
 
 
+def got_epochs(rows: list[dict], names: list[str], name: str):
+    return rows[names.index(name)]["epochs"]
+
+
 def test_json_holds_the_same_fields_and_all_shows_never_started(outputs, capsys):
     root, made = outputs
     rows = listed(capsys, root, "--all")
     names = names_of(rows, made, root)
     # newest first, as the fixture dated them; the unreadable ones by their config file's date
     order = ["never", "live", "completed", "stale", "elsewhere", "failed", "diverged", "interrupted", "pruned", "cnn"]
-    assert names == [*order, "not_json", "wrong_types", "regression"]
+    assert names == [*order, "not_json", "wrong_types", "far_fetched", "regression"]
+    assert got_epochs(rows, names, "far_fetched") == 1  # not 1e400 (infinite, once read): history.csv's one row
     got = dict(zip(names, rows))
     assert {k: got[k]["status"] for k in made} == {
         "completed": "completed",
@@ -158,6 +170,7 @@ def test_json_holds_the_same_fields_and_all_shows_never_started(outputs, capsys)
         "regression": "completed",
         "not_json": "unreadable",
         "wrong_types": "unreadable",
+        "far_fetched": "completed",
         "never": "not started",
     }
     assert "gpu-node-7" in got["elsewhere"]["note"] and got["elsewhere"]["host"] == "gpu-node-7"
@@ -196,7 +209,7 @@ def paths_of(capsys, root: Path, made: dict, *args: str) -> list[str]:
 def test_filters_sort_and_limit(outputs, capsys, monkeypatch):
     root, made = outputs
     monkeypatch.setenv("DLRUN_DATA_DIR", "/data/here")  # dataset.root: ${paths.data_dir}, ${oc.env:DLRUN_DATA_DIR,./data}
-    assert len(paths_of(capsys, root, made, "--where", "dataset.root=/data/here")) == 12
+    assert len(paths_of(capsys, root, made, "--where", "dataset.root=/data/here")) == 13
     assert paths_of(capsys, root, made, "--where", "trainer.epochs=1", "--where", "resume=null", "--status", "crashed") == [
         "stale"
     ]
@@ -218,7 +231,7 @@ def test_filters_sort_and_limit(outputs, capsys, monkeypatch):
     worst_first = paths_of(capsys, root, made, "--sort", "-test/accuracy")
     assert worst_first[-1] != "cnn" and worst_first.index("cnn") == 1  # both completed copies have accuracy
     assert paths_of(capsys, root, made, "--sort", "test/accuracy", "--reverse") == worst_first
-    assert paths_of(capsys, root, made, "--sort", "date", "--reverse", "--limit", "2") == ["regression", "wrong_types"]
+    assert paths_of(capsys, root, made, "--sort", "date", "--reverse", "--limit", "2") == ["regression", "far_fetched"]
     assert paths_of(capsys, root, made, "--limit", "1") == ["live"]
     table = run_main(capsys, root, "--status", "crashed", "--limit", "1")
     assert table.splitlines()[0] == "1 run in outputs, newest first"
@@ -261,7 +274,7 @@ def test_help_and_the_command_list_name_it(capsys):
 def test_paths_feed_dlrun_compare(outputs, capsys):
     root, made = outputs
     chosen = run_main(capsys, root, "--status", "completed", "--paths").split()
-    assert {Path(p).name for p in chosen} == {"completed", "cnn", "regression"}
+    assert {Path(p).name for p in chosen} == {"completed", "cnn", "regression", "far_fetched"}
     run_dlrun("compare", *chosen, "--out", "picked", cwd=root, env=WIDE)
     with open(root / "picked" / "summary.csv", newline="") as f:
         compared = {str((root / "picked" / row["path"]).resolve()) for row in csv.DictReader(f)}

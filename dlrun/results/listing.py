@@ -195,9 +195,11 @@ def _iso_date(text) -> float | None:
     if not isinstance(text, str):
         return None
     try:
-        return datetime.fromisoformat(text).timestamp()
-    except (ValueError, OverflowError, OSError):
+        when = datetime.fromisoformat(text)
+    except ValueError:
         return None
+    # a date no run can have (year 1, year 9999 in a far time zone) is no date: the run's files date it instead
+    return when.timestamp() if 1970 <= when.year < 9999 else None
 
 
 def _file_date(run_dir: Path) -> float | None:
