@@ -151,6 +151,11 @@ def focal_alpha(v):
     return None if ok else "must be null, a number in [0, 1] (two classes: the positive's weight), or one weight >= 0 per class"
 
 
+def column_names(v):
+    ok = isinstance(v, list) and all(isinstance(c, str | int) for c in v)
+    return None if ok else "must be a list of column names, e.g. [id]"
+
+
 def path_not_file(v):
     if not isinstance(v, str) or not v:
         return "must be a folder path"
@@ -321,8 +326,8 @@ SCHEMA: dict[str, Rule] = {
     "dataset.factor": number(0, 1, lo_open=True, hi_open=True),
     "dataset.seed": integer(0),
     "dataset.path": lambda v: None if v is None or (isinstance(v, str) and v) else "must be the path of a CSV file",
-    "dataset.drop": lambda v: None if isinstance(v, list) and all(isinstance(c, str) for c in v) else "must be a list of column names",
-    "dataset.categorical": lambda v: None if isinstance(v, list) else "must be a list of column names",
+    "dataset.drop": column_names,
+    "dataset.categorical": column_names,
     "dataset.fill": one_of("mean", "drop", null=True),
     "dataset.imbalance": number(0, 1, lo_open=True, null=True, extra=" (the fraction of its examples the last class keeps)"),
     "dataset.class_counts": lambda v: (

@@ -140,7 +140,10 @@ def _load_csv(cfg, seed: int, val_fraction: float, task: str | None) -> Data:
     table = load_table(cfg, seed, val_fraction, task)
     train, val, test = (Split(*table.parts[name]) for name in ("train", "val", "test"))
     in_shape = (len(table.features),)
-    return Data(train, val, test, table.classes, table.mean, table.std, in_shape, None, table.task, table.target_scale, tuple(table.features))
+    return Data(
+        train, val, test, table.classes, table.mean, table.std, in_shape, task=table.task, target_scale=table.target_scale,
+        features=tuple(table.features),
+    )
 
 
 def _check_task(name: str, task: str, own: str) -> None:
