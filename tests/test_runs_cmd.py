@@ -9,13 +9,14 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import run_dlrun
-from test_locks import start, wait_until_training
 
 import dlrun
 from dlrun.app import cli, runs_cmd
@@ -281,14 +282,29 @@ def test_paths_feed_dlrun_compare(outputs, capsys):
     assert compared == {str((root / p).resolve()) for p in chosen}
 
 
-def test_a_killed_run_shows_as_crashed(tmp_path, capsys):
-    proc = start("train", "dataset=spiral", "trainer.epochs=1000", *QUIET, "hydra.run.dir=outputs/runs/long", cwd=tmp_path)
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from dlrun.core.lock import DirLock
+DirLock(Path(sys.argv[1]), "run", "hydra.run.dir").acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_writer_leaves_its_run_crashed(real_run, tmp_path, capsys):
+    """The lock `dlrun train` holds (test_locks.py shows it does), taken by a child process that is then killed -9."""
+    run_dir = tmp_path / "outputs" / "runs" / "long"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
-        wait_until_training(proc, tmp_path / "outputs" / "runs" / "long")
+        assert holder.stdout.readline() == "held\n"
+        make_run(real_run, run_dir.parent / "copy", 0, status="running", host=socket.gethostname(), pid=holder.pid)
+        shutil.copytree(run_dir.parent / "copy", run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".dlrun.lock"))
+        shutil.rmtree(run_dir.parent / "copy")
         assert listed(capsys, tmp_path)[0]["status"] == "running"
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
     (row,) = listed(capsys, tmp_path)
     assert row["status"] == "crashed" and row["path"] == "outputs/runs/long"
-    assert json.loads((tmp_path / "outputs/runs/long/metrics.json").read_text())["status"] == "running"  # as it was left
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"  # as it was left
