@@ -147,7 +147,7 @@ def _joined_sort(args: list[str]) -> list[str]:
 
 def table_cells(entries: list[Entry]) -> tuple[list[str], list[list[str]], list[int]]:
     """The header, the rows of text, and which columns hold text (the ones cut to fit the terminal)."""
-    monitors = {entry.run.monitor for entry in entries if entry.best is not None}
+    monitors = {entry.monitor for entry in entries if entry.best is not None}
     one_monitor = len(monitors) <= 1
     tests = [name for name in listing.TEST_SCORES if any(e.field(f"test/{name}") is not None for e in entries)]
     verdicts = any(entry.field("verdict") for entry in entries)
@@ -173,7 +173,7 @@ def table_cells(entries: list[Entry]) -> tuple[list[str], list[list[str]], list[
                 str(entry.field("model") or ""),
                 str(entry.field("dataset") or ""),
                 _epochs(entry),
-                *([] if one_monitor else [entry.run.monitor if entry.best is not None else ""]),
+                *([] if one_monitor else [entry.monitor if entry.best is not None else ""]),
                 _score(entry.best),
                 *(_score(entry.field(f"test/{name}")) for name in tests),
                 *([str(entry.field("verdict") or "")] if verdicts else []),

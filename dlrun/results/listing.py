@@ -18,7 +18,7 @@ from dlrun.core.errors import DlrunError
 from dlrun.core.lock import LOCK_NAME
 from dlrun.core.nested import lookup
 from dlrun.core.text import did_you_mean, show_value
-from dlrun.results.runs import Run, find_runs, float_or_nan, resolved
+from dlrun.results.runs import Run, find_runs, float_or_nan, read_config, resolved
 
 STATUSES = ("completed", "running", "crashed", "failed", "diverged", "interrupted", "pruned", "unreadable", "not started")
 TEST_SCORES = ("accuracy", "f1", "rmse", "r2")  # a classifier has the first two, a regression the last two
@@ -54,7 +54,24 @@ class Entry:
     epochs_planned: float | None
     best: float | None  # the monitored value's best; for a run that never finished, the best in history.csv so far
     wall_time_s: float | None
+    config_read: bool = False  # the run's config is read only for a run whose config is asked about
     config_resolved: bool = False
+
+    def config(self) -> dict:
+        if not self.config_read:
+            self.run.config, self.config_read = read_config(self.path), True
+        return self.run.config
+
+    @property
+    def monitor(self) -> str:
+        if not self.run.metrics.get("monitor"):  # a run that never started: its config's trainer.monitor
+            self.config()
+        return self.run.monitor
+
+    @property
+    def mode(self) -> str:
+        self.config()
+        return self.run.mode
 
     @property
     def path(self) -> Path:
@@ -70,7 +87,7 @@ class Entry:
         if key == "dataset":  # the dataset's own name (an image folder's), else the option chosen
             return metrics.get("dataset") or self.run.choices.get("dataset")
         if key == "monitor":
-            return self.run.monitor
+            return self.monitor
         if key == "host":
             return metrics.get("host")
         if key == "path":
@@ -107,9 +124,7 @@ def shown_path(path: Path) -> str:
 
 def list_runs(paths: list[Path], started_only: bool = True) -> tuple[list[Entry], int]:
     """The entries of every run under `paths`, newest first, and how many never-started ones were left out."""
-    run_dirs: list[Path] = []
-    for path in paths:
-        run_dirs += [p for p in find_runs(Path(path)) if p not in run_dirs]
+    run_dirs = list(dict.fromkeys(run_dir for path in paths for run_dir in find_runs(Path(path))))  # each once
     hidden = 0
     if started_only:
         started = [p for p in run_dirs if (p / "metrics.json").is_file()]
@@ -120,7 +135,7 @@ def list_runs(paths: list[Path], started_only: bool = True) -> tuple[list[Entry]
 
 def load_entry(path: Path) -> Entry:
     try:
-        return _entry(Run.load(path, resolve=False))
+        return _entry(Run.load(path, resolve=False, with_config=False))
     except Exception as err:  # noqa: BLE001 - a damaged run directory is one row saying why, never the end of the list
         reason = f"{type(err).__name__}: {err}"
         return Entry(Run(path, {}, {}, {}, {}, [], reason), "unreadable", reason, _file_date(path), None, None, None, None)
@@ -134,15 +149,15 @@ def _entry(run: Run) -> Entry:
     epochs = finite_number(metrics.get("epochs_completed"))
     if epochs is None and run.history:  # metrics.json is written as a run starts and ends; history.csv each epoch
         epochs = float(len(run.history))
-    best = finite_number((metrics.get("best") or {}).get(run.monitor))
-    if best is None and run.history:
-        best = finite_number(run.metric(run.monitor, "max" if run.mode == "max" else "min"))
     started = _iso_date(metrics.get("started"))
     wall = finite_number(metrics.get("wall_time_s"))
     if status == "running" and not note:  # metrics.json holds its time up to this attempt's start, when it was written
         wall = (wall or 0.0) + max(0.0, time.time() - (_mtime(run.path / "metrics.json") or time.time()))
     error = metrics.get("error") if status != "running" else None
-    entry = Entry(run, status, error or note, started or _file_date(run.path), epochs, None, best, wall)
+    entry = Entry(run, status, error or note, started or _file_date(run.path), epochs, None, None, wall)
+    entry.best = finite_number((metrics.get("best") or {}).get(entry.monitor))
+    if entry.best is None and run.history:  # not finished: the best epoch so far
+        entry.best = finite_number(run.metric(entry.monitor, "max" if entry.mode == "max" else "min"))
     entry.epochs_planned = finite_number(metrics.get("epochs_planned"))
     if entry.epochs_planned is None:  # runs made before metrics.json kept it: the config's trainer.epochs
         entry.epochs_planned = finite_number(_config_number(entry, "trainer.epochs"))
@@ -223,7 +238,7 @@ def config_value(entry: Entry, key: str) -> str | None:
     run = entry.run
     if key in run.choices:
         return run.value(key)  # for `device`: the device the run used
-    found, node = lookup(run.config, key)
+    found, node = lookup(entry.config(), key)
     if found and isinstance(node, str) and "${" in node and not entry.config_resolved:
         run.config, entry.config_resolved = resolved(run.config), True
         found, node = lookup(run.config, key)
@@ -270,7 +285,7 @@ def filter_where(entries: list[Entry], wheres: list[tuple[str, str]]) -> list[En
     for key, wanted in wheres:
         values = [(entry, config_value(entry, key)) for entry in entries]
         if entries and all(value is None for _, value in values):
-            known = {k for e in entries for k in (*e.run.choices, *e.run.config, *e.run.overrides)}
+            known = {k for e in entries for k in (*e.run.choices, *e.config(), *e.run.overrides)}
             raise DlrunError(
                 f"--where {key}={wanted}: no run has {key}{did_you_mean(key, known)} (a config group such as model, "
                 "or a dotted key of the config such as dataset.name)"
@@ -314,7 +329,7 @@ def sort_entries(entries: list[Entry], key: str, reverse: bool = False) -> list[
 
 def _lower_is_better(key: str, entries: list[Entry]) -> bool:
     if key == "best":
-        modes = [e.run.mode for e in entries]
+        modes = [e.mode for e in entries]
         return bool(modes) and max(set(modes), key=modes.count) == "min"
     name = key.rsplit("/", 1)[-1]
     return any(word in name for word in LOWER_IS_BETTER)

@@ -64,8 +64,9 @@ class Run:
     problem: str | None = None  # why metrics.json or history.csv cannot be used: the run shows as unreadable
 
     @classmethod
-    def load(cls, path: Path, resolve: bool = True) -> "Run":
-        """`resolve`: the saved config with its interpolations resolved (a few ms a run; see `resolved`)."""
+    def load(cls, path: Path, resolve: bool = True, with_config: bool = True) -> "Run":
+        """`resolve`: the saved config with its interpolations resolved (a few ms a run; see `resolved`);
+        `with_config` False: no config read at all (`dlrun runs` reads it only for a run it asks about)."""
         hydra_dir = path / ".hydra"
         overrides = {}
         for item in _typed(read_yaml(hydra_dir / "overrides.yaml"), list):
@@ -78,7 +79,7 @@ class Run:
             history = load_history(path / "history.csv")
         except Unreadable as err:  # one damaged file: the run is a row that says why, the others are read as ever
             metrics, history, problem = {}, [], str(err)
-        config = _typed(read_yaml(hydra_dir / "config.yaml"), dict)
+        config = read_config(path) if with_config else {}
         config = resolved(config) if resolve else config
         return cls(path, overrides, config, choices, metrics, history, problem)
 
@@ -163,6 +164,11 @@ def read_choices(path: Path) -> dict:
         return choices
     hydra_cfg = _typed(read_yaml(path), dict)
     return _typed(_typed(_typed(hydra_cfg.get("hydra"), dict).get("runtime"), dict).get("choices"), dict)
+
+
+def read_config(run_dir: Path) -> dict:
+    """The run's composed config as Hydra saved it, interpolations unresolved; {} when it is missing or damaged."""
+    return _typed(read_yaml(Path(run_dir) / ".hydra" / "config.yaml"), dict)
 
 
 def _typed(value, kind: type):
