@@ -98,6 +98,16 @@ def test_the_task_follows_the_target_column(tmp_path, values, task, classes):
         assert data.train.y.dtype == torch.float32
 
 
+def test_a_regression_target_is_scaled_with_the_training_statistics(tmp_path):
+    rows = [f"{i},{1000 + 37.5 * i + (i % 7) * 11.25}" for i in range(80)]
+    data = load(write_csv(tmp_path / "r.csv", "x,price", rows), "price")
+    assert (data.task, data.classes) == ("regression", ["price"])
+    raw = data.train.x[:, 0].double().numpy() * 37.5 + 1000 + (data.train.x[:, 0].double().numpy() % 7) * 11.25
+    mean, std = data.target_scale
+    assert (mean, std) == pytest.approx((raw.mean(), raw.std()))
+    assert np.allclose(data.train.y.double().numpy() * std + mean, raw)
+
+
 def test_dataset_task_overrides_the_column(tmp_path):
     path = write_csv(tmp_path / "t.csv", "x,y", [f"{i},{i % 3}" for i in range(30)])
     assert table_config(path, "y", "dataset.task=regression").task == "regression"
