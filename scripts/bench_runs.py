@@ -4,13 +4,14 @@
 
 The runs are copies of one real small run (`dlrun train trainer.epochs=2`, made here unless --source names
 one): its .hydra/, history.csv, train.log and lock file, with metrics.json varied as real runs differ (status,
-start date, scores, verdict, wall time); half are single runs, half jobs of 20-job sweeps. Prints the median
+start date, scores, verdict, wall time); half are single runs, half jobs of 20-job sweeps. Prints the medians (wall and CPU)
 of --repeat timings of `dlrun runs DIR` with its output piped (the plain table), and of `--json`.
 """
 
 import argparse
 import json
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,13 +70,18 @@ def make_runs(source: Path, out: Path, count: int) -> None:
         (run_dir / "metrics.json").write_text(json.dumps(varied_metrics(metrics, rng, i), indent=2))
 
 
-def timed(args: list[str], repeat: int) -> float:
-    times = []
+def timed(args: list[str], repeat: int) -> tuple[float, float]:
+    """The median wall time and the median CPU time (user + system) of the command, in seconds: on a shared
+    machine the wall time includes the waits for a core, the CPU time does not."""
+    walls, cpus = [], []
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -90,7 +96,10 @@ def main() -> None:
         make_runs(source, out, opts.runs)
         table = timed([*DLRUN, "runs", str(out)], opts.repeat)
         as_json = timed([*DLRUN, "runs", str(out), "--json"], opts.repeat)
-    print(f"dlrun runs over {opts.runs} runs: {table:.2f} s (table, piped), {as_json:.2f} s (--json); median of {opts.repeat}")
+    print(
+        f"dlrun runs over {opts.runs} runs, median of {opts.repeat}: {table[0]:.2f} s wall, {table[1]:.2f} s CPU (table, "
+        f"piped); {as_json[0]:.2f} s wall, {as_json[1]:.2f} s CPU (--json)"
+    )
 
 
 if __name__ == "__main__":
