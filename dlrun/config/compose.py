@@ -5,7 +5,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from dlrun.config.groups import CONFIG_MODULE, config_groups
+from dlrun.config.table_task import register
 from dlrun.core.nested import walk
+
+register()  # a saved config (dlrun eval's) resolves dataset=csv's task without composing the shipped configs first
 
 
 def compose_config(name: str = "train", overrides=()):
