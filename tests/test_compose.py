@@ -36,7 +36,9 @@ def test_the_issue_options_are_shipped():
         "optimizer": {"sgd", "adam"},
         "initializer": {"default", "xavier_uniform", "kaiming_uniform"},
         "device": {"auto", "cpu", "cuda"},
+        "loss": {"cross_entropy", "focal", "multi_margin", "bce", "mse", "mae", "huber"},
     }
+    assert {"diabetes", "function"} <= set(GROUPS["dataset"])
     for group, options in required.items():
         assert options <= set(GROUPS.get(group, [])), f"group {group} lacks {options - set(GROUPS.get(group, []))}"
 

@@ -1,6 +1,5 @@
 """The model catalogue: the course's MLPs, the configurable CNN, LeNet-5 and torchvision models."""
 
-import math
 import socket
 
 import pytest
@@ -11,7 +10,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from dlrun.core.errors import ConfigError, DlrunError
-from dlrun.model import CNN, MLP, LeNet5, TorchvisionModel, count_parameters
+from dlrun.model import CNN, LeNet5, TorchvisionModel, count_parameters
 
 
 def build(*overrides: str, in_shape=(1, 28, 28), num_classes: int = 10) -> nn.Module:
@@ -28,20 +27,26 @@ def build_error(*overrides: str, **kwargs) -> str:
 
 
 def test_cheat_sheet_2_2_1_network_maps_the_worked_example_to_sigmoid_of_minus_0_019():
-    # The course cheat sheet's worked example: 2 inputs, 2 sigmoid hidden units, 1 sigmoid output, no biases.
-    # These weights are a reconstruction that gives its z = -0.019 (the sheet's own weights were not at hand).
-    net = MLP(in_shape=(2,), num_classes=1, hidden_sizes=[2], activation="sigmoid")
+    # The course cheat sheet's worked example, through dlrun's MLP with a binary head (hidden 2, relu): x = [0.5, 0.8],
+    # W1 = [[0.4, -0.6], [0.7, 0.1]] (rows: hidden units), b1 = [0.1, -0.2], W2 = [0.9, -0.3], b2 = 0.05.
+    cfg = ["model=mlp", "model.hidden_sizes=[2]", "model.activation=relu", "model.binary_head=true"]
+    net = build(*cfg, in_shape=(2,), num_classes=2)
     hidden, output = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert output.out_features == 1, "a binary head: one logit"
     with torch.no_grad():
-        hidden.weight.copy_(torch.tensor([[-0.1, -0.3], [-0.1, 0.0]]))
-        output.weight.copy_(torch.tensor([[-0.5, 0.4]]))
-        hidden.bias.zero_()
-        output.bias.zero_()
-        z = net(torch.tensor([[0.5, 0.8]])).item()
-    h = [1 / (1 + math.exp(-(-0.1 * 0.5 - 0.3 * 0.8))), 1 / (1 + math.exp(-(-0.1 * 0.5)))]
-    assert z == pytest.approx(-0.5 * h[0] + 0.4 * h[1], abs=1e-7)
-    assert z == pytest.approx(-0.019, abs=5e-5)
-    assert torch.sigmoid(torch.tensor(z)).item() == pytest.approx(0.495, abs=5e-4)
+        hidden.weight.copy_(torch.tensor([[0.4, -0.6], [0.7, 0.1]]))
+        hidden.bias.copy_(torch.tensor([0.1, -0.2]))
+        output.weight.copy_(torch.tensor([[0.9, -0.3]]))
+        output.bias.fill_(0.05)
+        x = torch.tensor([[0.5, 0.8]])
+        z1 = hidden(x)[0]
+        z2 = net(x).item()
+    # z1 = W1 x + b1 = [0.4*0.5 - 0.6*0.8 + 0.1, 0.7*0.5 + 0.1*0.8 - 0.2]; h = ReLU(z1) = [0, 0.23]
+    assert z1.tolist() == pytest.approx([-0.18, 0.23], abs=5e-4)
+    assert z1.clamp_min(0).tolist() == pytest.approx([0.0, 0.23], abs=5e-4)
+    assert z2 == pytest.approx(0.9 * 0.0 - 0.3 * 0.23 + 0.05, abs=1e-6)
+    assert z2 == pytest.approx(-0.019, abs=5e-4)
+    assert torch.sigmoid(torch.tensor(z2)).item() == pytest.approx(0.495, abs=5e-4)
 
 
 def test_the_course_mlps_have_their_parameter_counts_on_mnist():
@@ -203,3 +208,12 @@ def test_default_weights_offline_say_how_to_supply_a_file(tmp_path, monkeypatch)
     assert "model.weights=/path/to/resnet18-f37072fd.pth" in message
     assert f"{tmp_path}/hub/checkpoints/" in message
     assert not any((tmp_path / "hub" / "checkpoints").glob("*.pth"))
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lenet5", "resnet18"])
+def test_a_binary_head_has_one_output_and_needs_two_classes(model):
+    with torch.device("meta"):  # shapes only
+        net = build(f"model={model}", "model.binary_head=true", in_shape=(3, 32, 32), num_classes=2)
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 1)
+    message = build_error(f"model={model}", "model.binary_head=true", in_shape=(3, 32, 32), num_classes=10)
+    assert message.startswith("model.binary_head=true: is for two classes; the dataset has 10")
