@@ -104,7 +104,7 @@ def hparam_values(cfg, overrides: Iterable[str] = ()) -> dict:
     command-line overrides, `key=value`) name it, so that a key swept through its off value stays in every job.
     The model, optimizer, scheduler and initializer are named by what they build."""
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    leaves = flatten({k: v for k, v in tree.items() if k not in ("logging", "hydra")})
+    leaves = flatten({k: v for k, v in tree.items() if k not in ("logging", "hydra", "search")})  # search: a trial's study
     named = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     values = _group_names(leaves)
     for key, value in leaves.items():
