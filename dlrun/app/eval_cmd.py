@@ -189,6 +189,8 @@ def evaluate_checkpoint(
         model.to(memory_format=torch.channels_last)
     cfg.trainer.batch_size = cfg.trainer.eval_batch_size
     cfg.trainer.limit_batches, cfg.trainer.overfit_batches = None, 0  # the whole split, whatever the run used
+    if threshold is not None and data.task == "regression":
+        raise ConfigError("threshold", threshold, "applies to two-class tasks; this model is a regression")
     if threshold is not None and len(classes) != 2:
         raise ConfigError("threshold", threshold, f"applies to two-class tasks; this model has {len(classes)} classes")
     _, val_loader, test_loader = make_loaders(data, cfg, dev)

@@ -325,6 +325,12 @@ SCHEMA: dict[str, Rule] = {
     "dataset.noise": number(0),
     "dataset.factor": number(0, 1, lo_open=True, hi_open=True),
     "dataset.seed": integer(0),
+    "dataset.function": one_of("sin", "cubic", "square", "abs", "step", "sinc", "exp"),
+    "dataset.range": lambda v: (
+        None
+        if isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v) and v[0] < v[1]
+        else "must be [low, high], two numbers with low < high"
+    ),
     "dataset.path": lambda v: None if v is None or (isinstance(v, str) and v) else "must be the path of a CSV file",
     "dataset.drop": column_names,
     "dataset.categorical": column_names,
