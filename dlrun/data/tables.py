@@ -97,7 +97,7 @@ def read_cells(path_option, delimiter: str = ",") -> Cells:
             reader = csv.reader(f, delimiter=delimiter)
             for record in reader:
                 first, line = line + 1, reader.line_num
-                if not record or all(not cell.strip() for cell in record) and len(record) <= 1:
+                if not record or (len(record) == 1 and not record[0].strip()):
                     continue
                 if header is None:
                     header = [name.strip() for name in record]
@@ -110,6 +110,8 @@ def read_cells(path_option, delimiter: str = ",") -> Cells:
         raise DataError(f"{path}: row {line + 1}: not UTF-8 text; save the file as UTF-8") from None
     except csv.Error as err:
         raise DataError(f"{path}: row {line + 1}: not CSV ({err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
     if header is None:
         raise DataError(f"{path}: the file is empty; dataset=csv reads a header row, then one row per sample")
     if not rows:
@@ -140,7 +142,8 @@ def _columns(cfg, cells: Cells) -> tuple[int, list[int], int | None]:
     for name in cfg.get("categorical") or []:
         if str(name) not in header:
             raise ConfigError("dataset.categorical", name, f"{cells.path} has no such column; its columns: {listed}")
-    split = header.index(SPLIT_COLUMN) if SPLIT_COLUMN in header and SPLIT_COLUMN not in map(str, drop) else None
+    use_split = SPLIT_COLUMN in header and SPLIT_COLUMN not in map(str, drop) and str(target) != SPLIT_COLUMN
+    split = header.index(SPLIT_COLUMN) if use_split else None
     skipped = {str(target), SPLIT_COLUMN if split is not None else None, *map(str, drop)}
     return header.index(str(target)), [i for i, name in enumerate(header) if name not in skipped], split
 
