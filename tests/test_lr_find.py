@@ -2,7 +2,9 @@
 stop are read back from lr_find.csv; the rules are checked on curves worked out by hand and against fastai's own
 valley loop; the printed `dlrun train` command is run and must train."""
 
+import copy
 import csv
+import inspect
 import json
 import math
 import shlex
@@ -12,13 +14,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import needs_cuda, run_dlrun
+from helpers import compose_config, needs_cuda, run_dlrun
 from matplotlib.image import imread
+from omegaconf import OmegaConf
 
 import dlrun
 from dlrun.app.cli import main
+from dlrun.config.check import check_config
+from dlrun.config.compose import compose_config as compose
 from dlrun.core.errors import DlrunError
-from dlrun.engine.lr_find import suggest
+from dlrun.engine.lr_find import lr_range_test, lr_schedule, suggest
+from dlrun.engine.precision import native_bf16
+from dlrun.engine.run import build_parts
 
 CONFIGS = Path(dlrun.__file__).parent / "configs"
 QUICK = ["device=cpu", "trainer.precision=32"]
@@ -129,19 +136,33 @@ OPTIMIZERS = sorted(p.stem for p in (CONFIGS / "optimizer").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_gets_the_lr_on_its_param_groups(here, optimizer):
-    found = dlrun.lr_find([*QUICK, f"optimizer={optimizer}", "lr_find.num_steps=6", "lr_find.end_lr=1", "lr_find.diverge=null"])
+def test_every_optimizer_takes_the_lr_on_every_param_group(optimizer):
+    cfg = compose_config(f"optimizer={optimizer}", *QUICK)
+    parts = build_parts(cfg, torch.device("cpu"))
+    model, built = parts.built.model, parts.built.optimizer
+    # two param groups, the second with an lr of its own (adadelta's 1.0 is its config's): both are driven
+    weights, others = [p for p in model.parameters() if p.dim() > 1], [p for p in model.parameters() if p.dim() <= 1]
+    accepted = inspect.signature(type(built)).parameters
+    settings = {k: v for k, v in built.defaults.items() if k in accepted}
+    opt = type(built)([{"params": weights}, {"params": others, "lr": 123.0}], **settings)
+    before = [p.detach().clone() for p in weights]
+    lrs = lr_schedule(1e-6, 1.0, 6)
+    loader, loss_fn = parts.loaders[0], parts.built.train_loss
+    test = lr_range_test(model, loader, loss_fn, opt, parts.amp, cfg.trainer, parts.train_metrics, lrs, diverge=None)
+    assert test.lrs == pytest.approx(expected_lrs(1e-6, 1.0, 6), rel=1e-12) and not test.stopped_early
+    assert [group["lr"] for group in opt.param_groups] == [lrs[-1], lrs[-1]]
+    assert all(math.isfinite(loss) for loss in test.losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, weights)), "the steps moved the weights"
+
+
+def test_a_cnn_in_the_precision_training_would_pick(here, capsys):
+    found = dlrun.lr_find(["device=cpu", "model=cnn", "lr_find.num_steps=8", "lr_find.end_lr=1"])
     rows = read_curve(found["run_dir"])
-    # the lr column is param_groups[0]["lr"] as each step read it: adadelta's 1.0 is replaced too
-    assert [r["lr"] for r in rows] == pytest.approx(expected_lrs(1e-7, 1.0, 6), rel=1e-9)
-    assert all(math.isfinite(r["loss"]) for r in rows)
-    assert found["command"].endswith(f"optimizer={optimizer} optimizer.lr={found['suggestion']:.3g}")
-
-
-def test_a_cnn(here):
-    found = dlrun.lr_find([*QUICK, "model=cnn", "lr_find.num_steps=8", "lr_find.end_lr=1"])
-    assert len(read_curve(found["run_dir"])) == found["steps_run"] == 8
+    assert len(rows) == found["steps_run"] == 8 and all(math.isfinite(r["loss"]) for r in rows)
     assert 1e-7 <= found["suggestion"] <= 1
+    # trainer.precision=auto: bf16 autocast for a conv net where the CPU runs bf16 natively, as in training
+    expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert f"CNN on digits (1294 train, 21 batches of 64 per epoch) on cpu, {expected};" in capsys.readouterr().out
 
 
 @needs_cuda
@@ -152,21 +173,44 @@ def test_on_cuda_in_the_precision_training_picks(here):
     assert all(math.isfinite(r["loss"]) for r in rows) and torch.cuda.is_available()
 
 
+@pytest.fixture(scope="module")
+def lr_find_config():
+    return compose("lr_find")
+
+
 @pytest.mark.parametrize(
     "overrides, line",
     [
-        (["lr_find.start_lr=1", "lr_find.end_lr=0.1"], "lr_find.start_lr=1: must be below lr_find.end_lr (0.1)"),
         (["lr_find.start_lr=0"], "lr_find.start_lr=0: must be a number > 0"),
+        (["lr_find.end_lr=1.0e-8"], "lr_find.start_lr=1e-07: must be below lr_find.end_lr (1e-08)"),
         (["lr_find.num_steps=1"], "lr_find.num_steps=1: must be an integer >= 2 (optimizer steps of the test)"),
+        (["lr_find.num_steps=2.5"], "lr_find.num_steps=2.5: must be an integer >= 2"),
         (["lr_find.rule=foo"], "lr_find.rule=foo: must be one of valley, steepest"),
         (["lr_find.rule=valey"], "lr_find.rule=valey: must be one of valley, steepest; did you mean 'valley'?"),
         (["lr_find.smoothing=1"], "lr_find.smoothing=1: must be a number in [0, 1) (0: no smoothing)"),
         (["lr_find.diverge=1"], "lr_find.diverge=1: must be a number > 1 or null (null: never stop early)"),
+        (["lr_find=3"], "lr_find=3: must be a block of keys; set one of them, e.g. lr_find.end_lr=1"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_key(lr_find_config, overrides, line):
+    cfg = copy.deepcopy(lr_find_config)
+    for override in overrides:
+        key, value = override.split("=")
+        OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True, merge=False)
+    with pytest.raises(DlrunError) as err:
+        check_config(cfg)
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (["lr_find.start_lr=1", "lr_find.end_lr=0.1"], "lr_find.start_lr=1: must be below lr_find.end_lr (0.1)"),
         (["-m", "optimizer.lr=0.1,0.2"], "dlrun lr-find runs one range test; drop -m"),
         (["lr_find.strat_lr=1e-5"], "lr_find.strat_lr: no such key; did you mean 'lr_find.start_lr'"),
     ],
 )
-def test_bad_values_are_one_line(here, overrides, line):
+def test_bad_values_stop_the_command_and_leave_no_folder(here, overrides, line):
     with pytest.raises(DlrunError) as err:
         dlrun.lr_find(overrides)
     assert str(err.value).startswith(line) and "\n" not in str(err.value)
