@@ -39,7 +39,8 @@ def main(args: list[str]) -> None:
     paths = [Path(p) for p in opts.folders or ["outputs"]]
     for path in paths:
         if not path.is_dir():
-            raise DlrunError(f"{path}: no such directory (give a folder of runs, a sweep or a run directory)")
+            hint = "no runs here yet; " if not opts.folders else ""
+            raise DlrunError(f"{path}: no such directory ({hint}give a folder of runs, a sweep or a run directory)")
     statuses = [s.strip().replace("-", " ") for value in opts.status or [] for s in value.split(",") if s.strip()]
     wheres = [listing.parse_where(spec) for spec in opts.where or []]
     since = listing.parse_since(opts.since) if opts.since is not None else None
@@ -61,20 +62,26 @@ def main(args: list[str]) -> None:
     elif opts.paths_only:
         print("\n".join(listing.shown_path(entry.path) for entry in entries), flush=True)
     else:
-        print_runs(entries, _title(paths, len(entries), matched, found, opts.sort if key != "date" or reverse else None))
+        print_runs(entries, _title(paths, len(entries), matched, found, _order(key, reverse)))
     if hidden:
         note = f"({hidden} never-started run director{'y' if hidden == 1 else 'ies'} left out; --all shows them)"
         print(note, file=sys.stderr if opts.json or opts.paths_only else sys.stdout)
 
 
-def _title(paths: list[Path], shown: int, matched: int, found: int, sort: str | None) -> str:
+def _order(key: str, reverse: bool) -> str:
+    if key == "date":
+        return "oldest first" if reverse else "newest first"
+    return f"sorted by {key}" + (", reversed" if reverse else "")
+
+
+def _title(paths: list[Path], shown: int, matched: int, found: int, order: str) -> str:
     where = ", ".join(map(str, paths))
     if not found:
         return f"no runs in {where} (a run directory holds metrics.json)"
     if not matched:
         return f"no run in {where} matches (of {found})"
     count = f"{shown} of {matched}" if shown < matched else str(shown)
-    return f"{count} run{'s' if matched != 1 else ''} in {where}, " + (f"sorted by {sort}" if sort else "newest first")
+    return f"{count} run{'s' if matched != 1 else ''} in {where}, {order}"
 
 
 def _parser() -> argparse.ArgumentParser:
