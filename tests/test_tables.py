@@ -11,6 +11,7 @@ from helpers import compose_config, run_dlrun
 from sklearn.preprocessing import StandardScaler
 
 import dlrun
+from dlrun.app.eval_cmd import evaluate_checkpoint
 from dlrun.core.errors import DlrunError
 from dlrun.data import load_data, make_loaders
 
@@ -173,6 +174,9 @@ def test_a_csv_classification_trains_end_to_end(tmp_path, monkeypatch):
     assert metrics["dataset"] == "csv" and metrics["test"]["accuracy"] > 0.5
     report = (tmp_path / "run" / "classification_report.csv").read_text()
     assert "Adelie" in report and "Gentoo" in report
+    # dlrun eval reads the file again, encodes it as the run did and uses the run's statistics: the same scores.
+    again = evaluate_checkpoint(tmp_path / "run", device="cpu")
+    assert again["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
 @pytest.mark.slow
