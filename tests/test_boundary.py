@@ -10,7 +10,7 @@ from torch import nn
 
 import dlrun
 from dlrun.observe.figures import BOUNDARY_PX, boundary_colours
-from dlrun.observe.tracker import BOUNDARY_GRID, boundary_regions
+from dlrun.observe.tracker import BOUNDARY_GRID, boundary_regions, drawable
 
 QUIET = ["logging.graph=false", "logging.misclassified=0", "logging.confusion_matrix_every=0"]
 
@@ -49,3 +49,12 @@ def test_a_2d_run_draws_its_boundary_every_n_epochs_and_at_the_end(tmp_path, mon
     best = run.metrics["best"]["epoch"]
     tags = images_by_tag(tmp_path / "run")
     assert tags["boundary/epoch"] == [1, 2] and tags["boundary/best"] == [best]
+
+
+def test_only_two_feature_classifications_are_drawn():
+    from types import SimpleNamespace
+
+    assert drawable(SimpleNamespace(in_shape=(2,), task="classification"))
+    assert not drawable(SimpleNamespace(in_shape=(1, 8, 8), task="classification"))  # digits (their runs: test_imbalance)
+    assert not drawable(SimpleNamespace(in_shape=(3,), task="classification"))
+    assert not drawable(SimpleNamespace(in_shape=(2,), task="regression"))
