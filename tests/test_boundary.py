@@ -2,6 +2,8 @@
 logging.boundary_every epochs, so that the boundary can be watched as it forms. That other inputs (digits) get
 none is checked on test_imbalance's digits runs."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from matplotlib.image import imread
@@ -52,8 +54,6 @@ def test_a_2d_run_draws_its_boundary_every_n_epochs_and_at_the_end(tmp_path, mon
 
 
 def test_only_two_feature_classifications_are_drawn():
-    from types import SimpleNamespace
-
     assert drawable(SimpleNamespace(in_shape=(2,), task="classification"))
     assert not drawable(SimpleNamespace(in_shape=(1, 8, 8), task="classification"))  # digits (their runs: test_imbalance)
     assert not drawable(SimpleNamespace(in_shape=(3,), task="classification"))
