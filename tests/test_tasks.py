@@ -73,6 +73,9 @@ def test_regression_losses_match_torch():
     for name, extra, reference in cases:
         got = loss("dataset=diabetes", f"loss={name}", *extra, labels=target, num_classes=1)(out, target)
         assert got.item() == pytest.approx(reference(out[:, 0], target).item()), name
+    # A torch loss of the user's own gets the (N,) output: no silent (N, N) broadcast against the targets.
+    own = build_loss({"_target_": "torch.nn.SmoothL1Loss"}, target, 1, "regression")(out, target)
+    assert own.item() == pytest.approx(F.smooth_l1_loss(out[:, 0], target).item())
 
 
 def test_regression_scores_are_scikit_learns_in_the_targets_units():

@@ -83,7 +83,7 @@ def build(cfg, in_shape, num_classes: int, device: torch.device, train_labels: t
     if cfg.trainer.get("channels_last", False) and len(in_shape) == 3:
         model.to(memory_format=torch.channels_last)  # the loaders give channels-last batches to match
     optimizer = make_optimizer(cfg.optimizer, model)
-    train_loss = build_loss(cfg.loss, train_labels, num_classes).to(device)
+    train_loss = build_loss(cfg.loss, train_labels, num_classes, task).to(device)
     return Built(model, optimizer, train_loss, eval_loss(task).to(device), init_fn, initialized)
 
 

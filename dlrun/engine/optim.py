@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.model.losses import OneOutput, task_of
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -117,7 +118,7 @@ class Regime:
         self.schedule.after_step()
 
 
-def build_loss(loss_cfg, train_labels: torch.Tensor, num_classes: int) -> nn.Module:
+def build_loss(loss_cfg, train_labels: torch.Tensor, num_classes: int, task: str = "classification") -> nn.Module:
     """The `loss` group's module; `class_weights: balanced` becomes n / (k * count) per class, from the training labels."""
     node = OmegaConf.to_container(loss_cfg, resolve=True) if OmegaConf.is_config(loss_cfg) else dict(loss_cfg)
     weights = node.get("class_weights")
@@ -127,10 +128,11 @@ def build_loss(loss_cfg, train_labels: torch.Tensor, num_classes: int) -> nn.Mod
         node["class_weights"] = (len(train_labels) / (num_classes * counts.clamp_min(1))).tolist()
     check_class_lists(node, num_classes)
     try:
-        return instantiate(node)
+        loss = instantiate(node)
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise DlrunError(f"loss={node.get('_target_')}: {str(cause).strip().splitlines()[0]}") from err
+    return OneOutput(loss) if task == "regression" and task_of(type(loss)) is None else loss
 
 
 def check_class_lists(loss: dict, num_classes: int) -> None:

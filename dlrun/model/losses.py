@@ -128,6 +128,18 @@ class Huber(_Regression):
         return F.huber_loss(output, target, delta=self.delta)
 
 
+class OneOutput(nn.Module):
+    """A loss of the user's own (torch.nn.SmoothL1Loss, say) on a regression: it gets the output as (N,), the
+    targets' shape, not (N, 1), which would broadcast against them into an (N, N) error without a word."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(output.reshape(target.shape).float(), target.float())
+
+
 def task_of(loss_cls) -> str | None:
     """The task a loss class fits, when it says (a user's own loss may not: then it is not checked)."""
     return getattr(loss_cls, "task", None)
