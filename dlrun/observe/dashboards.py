@@ -40,6 +40,8 @@ HPARAM_METRICS = [
     *_LEADING_METRICS,
     *(t for m in METRIC_NAMES for t in (f"test/{m}", f"best/val/{m}") if t not in _LEADING_METRICS),
 ]
+# A regression sweep's: its best val rmse first.
+REGRESSION_HPARAM_METRICS = [t for m in ("rmse", "r2", "mae", "loss") for t in (f"best/val/{m}", f"test/{m}")]
 SWEEP_EXPERIMENT_SUFFIX = ".sweep-hparams"
 
 # Recorded for every run: what a reader compares runs by.
@@ -104,7 +106,8 @@ def hparam_values(cfg, overrides: Iterable[str] = ()) -> dict:
     command-line overrides, `key=value`) name it, so that a key swept through its off value stays in every job.
     The model, optimizer, scheduler and initializer are named by what they build."""
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    leaves = flatten({k: v for k, v in tree.items() if k not in ("logging", "hydra", "search")})  # search: a trial's study
+    # search: a trial's study; by_task: the monitor's defaults, not a choice
+    leaves = flatten({k: v for k, v in tree.items() if k not in ("logging", "hydra", "search", "by_task")})
     named = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     values = _group_names(leaves)
     for key, value in leaves.items():
@@ -122,6 +125,7 @@ def _group_names(leaves: dict) -> dict:
         "optimizer": leaves.get("optimizer._target_"),
         "scheduler": leaves.get("scheduler.fn._target_", "none" if "scheduler.fn" in leaves else None),
         "initializer": leaves.get("initializer.fn._target_", "default" if "initializer.fn" in leaves else None),
+        "loss": leaves.get("loss._target_"),
     }
     return {k: str(v).rsplit(".", 1)[-1].rstrip("_") for k, v in names.items() if v is not None}
 
@@ -206,6 +210,8 @@ def write_sweep_experiment(sweep_dir: Path, metric_tags: Sequence[str] = HPARAM_
     if not sessions:
         return None
     home = next(iter(sessions))
+    if metric_tags is HPARAM_METRICS and all(found.get("task") == "regression" for found in sessions.values()):
+        metric_tags = REGRESSION_HPARAM_METRICS
     writer = EventFileWriter(str(home), filename_suffix=SWEEP_EXPERIMENT_SUFFIX)
     writer.add_event(Event(wall_time=time.time(), summary=sweep_experiment(list(sessions.values()), metric_tags)))
     writer.close()
