@@ -217,6 +217,19 @@ def test_bad_values_stop_the_command_and_leave_no_folder(here, overrides, line):
     assert not (here / "outputs" / "lr_find").exists() or not list((here / "outputs" / "lr_find").iterdir())
 
 
+def test_help_names_the_command_and_its_keys(here, capsys):
+    main(["--help"])
+    assert "  lr-find   the learning-rate range test" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:  # Hydra's help exits 0, as `dlrun train --help` does
+        main(["lr-find", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert out.startswith("dlrun lr-find: the learning-rate range test.")
+    defaults = ["start_lr: 1.0e-07", "end_lr: 10.0", "num_steps: 100", "diverge: 4.0", "smoothing: 0.98", "rule: valley"]
+    assert "lr_find:\n" + "".join(f"  {line}\n" for line in defaults) in out
+    assert not (here / "outputs").exists(), "help runs nothing"
+
+
 def test_a_training_runs_folder_is_refused_before_hydra_writes_into_it(here):
     run_dir = here / "a_run"
     run_dir.mkdir()
