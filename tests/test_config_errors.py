@@ -167,7 +167,8 @@ GROUP_CHOICES = {
     "optimizer": ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"],
     "initializer": ["default", "xavier_uniform", "kaiming_uniform", "kaiming_normal", "orthogonal", "constant"],
     "scheduler": ["none", "step", "cosine", "onecycle", "plateau"],
-    "dataset": ["digits", "mnist"],
+    "dataset": ["digits", "mnist", "moons", "diabetes"],
+    "loss": ["cross_entropy", "focal", "multi_margin", "bce", "mse", "huber"],
     "device": ["cpu"],
 }
 word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
@@ -200,6 +201,7 @@ override = st.one_of(
 
 def train_one_step(cfg) -> None:
     """What a run builds from the config, on CPU with a random batch of the dataset's shape."""
+    from dlrun.engine.build import check_loss
     from dlrun.engine.optim import EarlyStopping, Regime, Schedule, build_loss
 
     known = known_shape(cfg.dataset)
@@ -208,6 +210,7 @@ def train_one_step(cfg) -> None:
     else:  # a dataset whose shape is known only once loaded (or no dataset: a clean error)
         data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)
         shape, num_classes = data.in_shape, data.num_classes
+    check_loss(cfg, num_classes)  # the loss fits the task and the class count, as a run checks before building
     with torch.device("meta"):
         size = sum(p.numel() for p in instantiate(cfg.model, in_shape=shape, num_classes=num_classes).parameters())
     if size > 5_000_000:
