@@ -183,3 +183,53 @@ def test_the_search_config(tmp_path):
         with pytest.raises(DlrunError) as raised:
             dlrun.sweep(["hparams_search=optuna", bad, f"hydra.sweep.dir={tmp_path}"])
         assert str(raised.value).startswith(line)
+
+
+def test_the_shipped_search_and_its_distributions():
+    from hydra import compose, initialize_config_module
+
+    from hydra_plugins.dlrun_optuna_sweeper._search import search_space
+
+    with initialize_config_module("dlrun.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=optuna", "trainer.mode=min"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.dlrun_optuna_sweeper.sweeper.DlrunOptunaSweeper"
+    assert sweeper.direction == "minimize", "the search follows trainer.mode"
+    assert sweeper.storage.startswith("sqlite:///") and sweeper.storage.endswith("/optuna.db")
+    assert (sweeper.pruner, sweeper.sampler.seed) == ("median", cfg.seed)
+
+    space, fixed = search_space([f"{k}={v}" for k, v in sweeper.params.items()] + ["optimizer.momentum=0.9"])
+    dist = optuna.distributions
+    assert space == {
+        "optimizer.lr": dist.FloatDistribution(0.001, 0.5, log=True),
+        "model.dropout": dist.FloatDistribution(0.0, 0.5),
+        "trainer.batch_size": dist.CategoricalDistribution([32, 64, 128, 256]),
+    }
+    assert fixed == ["optimizer.momentum=0.9"], "a plain value on the command line fixes a searched key"
+    space, _ = search_space(
+        ["a=int(interval(1, 8))", "b=range(2, 10, 4)", "c=choice([16],[16,16])", "d=tag(log, int(interval(8, 64)))"]
+    )
+    assert space == {
+        "a": dist.IntDistribution(1, 8),
+        "b": dist.IntDistribution(2, 6, step=4),  # Hydra's range leaves its end out
+        "c": dist.CategoricalDistribution(["[16]", "[16,16]"]),
+        "d": dist.IntDistribution(8, 64, log=True),
+    }
+
+
+def test_parameter_importance_is_written_once_ten_trials_completed(tmp_path):
+    from dlrun.results.summary import importance_lines
+    from hydra_plugins.dlrun_optuna_sweeper._search import write_results
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"a": optuna.distributions.FloatDistribution(0, 1), "b": optuna.distributions.FloatDistribution(0, 1)}
+    for n in range(10):
+        trial = study.ask(space)
+        study.tell(trial, 10 * trial.params["a"] + 0.1 * trial.params["b"])  # only `a` matters
+        results = write_results(study, tmp_path, seed=0)
+        assert ("importance" in results) == (n == 9)
+    assert list(results["importance"]) == ["a", "b"] and results["importance"]["a"] > 0.7
+    assert sum(results["importance"].values()) == pytest.approx(1, abs=1e-3)
+    assert yaml.safe_load((tmp_path / "optimization_results.yaml").read_text()) == results
+    lines = importance_lines(results)
+    assert lines[0].startswith("parameter importance") and lines[1].split() == ["a", f"{results['importance']['a']:.3f}"]

@@ -1,5 +1,5 @@
 """Sweeps as a user runs them: `dlrun train -m` over a grid, a failing job, a resumed sweep, the joblib,
-submitit and optuna plugins, a course experiment, and `dlrun compare` over sweeps. Every job trains one or two
+submitit launchers, a course experiment, and `dlrun compare` over sweeps. Every job trains one or two
 epochs of a small MLP on digits or the spiral set."""
 
 import csv
@@ -346,36 +346,6 @@ def test_submitit_local_executor(configs, tmp_path):
     assert len(summary_rows(sweep_dir)) == 2
 
 
-@pytest.mark.slow
-@needs_module("hydra_plugins.hydra_optuna_sweeper", "search")
-@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2.x on SQLAlchemy 1.4
-def test_optuna_search_returns_objectives_and_stores_the_best(configs, tmp_path):
-    import optuna
-
-    sweep_dir = tmp_path / "S"
-    overrides = ("hparams_search=optuna", "hydra.sweeper.n_trials=3", "optimizer.weight_decay=0.0001")
-    proc = dlrun_sweep(configs, tmp_path, sweep_dir, *overrides)
-    jobs = job_dirs(sweep_dir)
-    assert len(jobs) == 3
-    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    searched = {"optimizer.lr", "optimizer.momentum", "model.dropout", "trainer.batch_size"}
-    assert set(results["best_params"]) == searched
-    for name in jobs:  # each trial is named by the values searched, not by the weight decay all trials share
-        assert {item.split("=")[0] for item in name.split(",")} == searched, name
-    objectives = [metrics(j)["best"]["val/f1"] for j in jobs.values()]
-    assert results["best_value"] == pytest.approx(max(objectives))
-
-    best = summary_rows(sweep_dir)[0]
-    for key, value in results["best_params"].items():
-        assert float(best[key]) == pytest.approx(float(value))
-    assert "optuna best parameters: " in proc.stdout
-    assert "Optuna's best parameters" in (sweep_dir / "summary.md").read_text()
-
-    # The study is in SQLite in the sweep directory, each trial told the value `dlrun train` returned.
-    study = optuna.load_study(study_name="dlrun", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(objectives))
-
-
 # ----------------------------------------------------------------------------------------------------
 # A course experiment: its summary ranks by the number its lesson is about
 
@@ -555,14 +525,6 @@ def test_slurm_launcher_config():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
     assert launcher.submitit_folder.endswith("/.submitit/%j")
-
-
-def test_optuna_search_config():
-    cfg = compose_with_hydra("hparams_search=optuna", "trainer.mode=min")
-    sweeper = cfg.hydra.sweeper
-    assert set(sweeper.params) == {"optimizer.lr", "optimizer.momentum", "model.dropout", "trainer.batch_size"}
-    assert sweeper.direction == "minimize", "the search follows trainer.mode"
-    assert sweeper.storage.startswith("sqlite:///") and sweeper.storage.endswith("/optuna.db")
 
 
 def test_a_job_without_overrides_gets_its_own_directory():

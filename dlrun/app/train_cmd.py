@@ -260,7 +260,8 @@ def resume_args(args: list[str], run_dir: Path) -> list[str]:
     merged = {}
     for override in [*saved, *(a for a in args if not a.startswith("resume="))]:
         key = override_key(override)
-        if key not in ("resume", "hydra.run.dir"):
+        # hparams_search: a trial of a search resumes as the one run it is (its `search` block still finds its trial)
+        if key not in ("resume", "hydra.run.dir", "hparams_search"):
             merged[key] = override
     quoted = quote_override(str(run_dir))
     target = quote_override(str(run_dir / BEST_PT)) if from_best else quoted

@@ -35,6 +35,8 @@ MONITORS = [f"val/{m}" for m in (*METRIC_NAMES, *REGRESSION_METRIC_NAMES[1:])]
 TRAIN_OR_VAL = [f"{split}/{m}" for split in ("train", "val") for m in (*METRIC_NAMES, *REGRESSION_METRIC_NAMES[1:])]
 # What a run learns: a class per input (logits), or a number per input (one output, in the target's units).
 TASKS = ("classification", "regression")
+# An Optuna search's pruners (hydra.sweeper.pruner); each trial's `search` block names the one its study uses.
+PRUNERS = ("none", "median", "hyperband")
 
 
 def metric_names(task: str) -> tuple[str, ...]:
@@ -206,6 +208,12 @@ SCHEMA: dict[str, Rule] = {
     "seed": integer(lo=0, hi=2**63 - 1),
     "task": one_of(*TASKS),
     "resume": lambda v: None if v is None or (isinstance(v, str) and v) else "must be a run directory, its best.pt, or latest",
+    # set by hparams_search=optuna's sweeper for each trial
+    "search": mapping("search={storage:'sqlite:///optuna.db',study:dlrun,trial:0}", null=True),
+    "search.trial": integer(0),
+    "search.pruner": one_of(*PRUNERS),
+    "search.warmup_epochs": integer(0),
+    "search.startup_trials": integer(0),
     # trainer
     "trainer.epochs": integer(1),
     "trainer.batch_size": integer(1),

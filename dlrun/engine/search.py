@@ -11,8 +11,6 @@ from dlrun.core.ranks import is_main, world_size
 
 log = logging.getLogger(__name__)
 
-PRUNERS = ("none", "median", "hyperband")
-
 
 class Pruned(Exception):
     """The study's pruner stopped this trial after `epoch`; the run ends as `pruned`, resumable like any other."""

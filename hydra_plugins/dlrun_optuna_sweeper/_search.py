@@ -20,10 +20,11 @@ from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from dlrun.config.schema import PRUNERS
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.io import read_json
 from dlrun.core.text import first_line, show_value
-from dlrun.engine.search import PRUNERS, make_pruner
+from dlrun.engine.search import make_pruner
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,15 @@ def check_settings(settings: dict) -> None:
         raise ConfigError("hydra.sweeper.pruner", settings["pruner"], f"must be one of {', '.join(PRUNERS)}")
     if settings["direction"] not in ("minimize", "maximize"):
         raise ConfigError("hydra.sweeper.direction", settings["direction"], "must be minimize or maximize")
-    for key in ("n_trials", "n_trials_more", "warmup_epochs", "startup_trials"):
-        if not isinstance(settings[key], int) or settings[key] < 0:
-            raise ConfigError(f"hydra.sweeper.{key}", settings[key], "must be an integer >= 0")
-    if not isinstance(settings["n_jobs"], int) or settings["n_jobs"] < 1:
-        raise ConfigError("hydra.sweeper.n_jobs", settings["n_jobs"], "must be an integer >= 1")
+    for key, low in (("n_trials", 0), ("n_trials_more", 0), ("warmup_epochs", 0), ("startup_trials", 0), ("n_jobs", 1)):
+        if not _is_count(settings[key], low):
+            raise ConfigError(f"hydra.sweeper.{key}", show_value(settings[key]), f"must be an integer >= {low}")
+    if settings["max_failures"] is not None and not _is_count(settings["max_failures"], 0):
+        raise ConfigError("hydra.sweeper.max_failures", show_value(settings["max_failures"]), "must be an integer >= 0 or null")
+
+
+def _is_count(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def open_study(settings: dict, storage: str | None, epochs: int) -> optuna.Study:
@@ -144,7 +149,8 @@ def open_study(settings: dict, storage: str | None, epochs: int) -> optuna.Study
         study.sampler = instantiate(sampler)
     except Exception as err:  # noqa: BLE001 - a typo in the sampler's _target_ or arguments
         target = sampler.get("_target_")
-        raise ConfigError("hydra.sweeper.sampler._target_", target, f"cannot be built: {first_line(str(err))}") from None
+        why = first_line(str(err)).split(", set env var HYDRA_FULL_ERROR")[0]
+        raise ConfigError("hydra.sweeper.sampler._target_", target, f"cannot be built: {why}") from None
     return study
 
 

@@ -19,7 +19,13 @@ class DlrunOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        from ._search import Search
+        try:
+            from ._search import Search
+        except ModuleNotFoundError as err:
+            if err.name != "optuna":
+                raise
+            from dlrun.core.errors import DlrunError
 
+            raise DlrunError("hparams_search=optuna: needs optuna: pip install 'dlrun[search]'") from None
         settings = OmegaConf.to_container(self.config.hydra.sweeper, resolve=True)
         Search(settings, self.config, self.launcher, self.hydra_context).run(list(arguments))
