@@ -99,6 +99,7 @@ def launch(cfg, ctx: RunContext, verbose: bool) -> float:
         *[_rank_override(o, cfg) for o in hc.overrides.task],
         f"hydra.run.dir={quote_override(str(run_dir))}",
         "hydra.output_subdir=null",  # this process has written .hydra/ already
+        "hydra.mode=RUN",  # a job of a sweep (hparams_search=optuna sets MULTIRUN) is one run in each rank
     ]
     # Like torchrun: ranks sharing the CPU should not each start a thread per core.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
