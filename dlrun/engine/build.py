@@ -159,7 +159,9 @@ def check_build(values: dict, in_shape, num_classes: int) -> None:
     if "weights" in model_cfg:
         model_cfg["weights"] = "none"  # the real build loads them; the shapes are the same
     target, size = model_cfg.get("_target_"), _size(in_shape)
-    check_arguments("model", target, model_cfg, supplied=("in_shape", "num_classes"))
+    # binary_head is dlrun's: a class of the user's own that lacks it gets num_classes=1 instead (make_model)
+    own_keys = {k: v for k, v in model_cfg.items() if k != "binary_head"}
+    check_arguments("model", target, own_keys, supplied=("in_shape", "num_classes"))
     fn_cfg, opt_cfg = values["initializer"].get("fn"), values["optimizer"]
     if fn_cfg:
         check_arguments("initializer.fn", fn_cfg.get("_target_"), fn_cfg, supplied=("tensor",), skip_first=True)
