@@ -21,6 +21,7 @@ from dlrun.core.errors import ConfigError
 from dlrun.engine.build import check
 from dlrun.engine.optim import build_loss
 from dlrun.observe.metrics import RegressionScores
+from dlrun.results.summary import default_columns
 
 QUIET = ["logging.graph=false", "logging.misclassified=0", "logging.confusion_matrix_every=0", "logging.hparams=false"]
 LOGITS = torch.tensor([[1.5, -0.3, 0.2], [0.1, 0.4, -1.0], [-0.7, 0.9, 2.0], [0.3, 0.3, 0.3]])
@@ -132,6 +133,8 @@ def test_the_binary_head_on_moons_scores_as_the_softmax_head(tmp_path, monkeypat
     # The readings of a two-class task work on the one logit: the threshold and the curves.
     assert 0 < binary.metrics["threshold"]["best_f1"] < 1
     assert (tmp_path / "binary" / "roc_curve.png").is_file() and (tmp_path / "binary" / "confusion_matrix.png").is_file()
+    again = evaluate_checkpoint(tmp_path / "binary")  # dlrun eval rebuilds the one-logit head from the saved config
+    assert again["test"] == pytest.approx(binary.metrics["test"], abs=1e-5)
 
 
 def test_a_regression_on_diabetes_beats_the_mean_predictor(tmp_path, monkeypatch):
@@ -158,6 +161,11 @@ def test_a_regression_on_diabetes_beats_the_mean_predictor(tmp_path, monkeypatch
     again = evaluate_checkpoint(run_dir)
     assert again["test"] == pytest.approx(test, abs=1e-5)
     assert (run_dir / "eval" / "diabetes-test-best" / "predictions.png").is_file()
+
+
+def test_summaries_show_a_regressions_scores():
+    assert default_columns("val/rmse") == ["val/rmse", "epoch", "test/rmse", "test/r2"]
+    assert default_columns("val/f1") == ["val/f1", "epoch", "test/accuracy", "test/f1"]
 
 
 def test_a_function_run_draws_the_learned_function(tmp_path, monkeypatch):
