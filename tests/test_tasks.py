@@ -17,7 +17,7 @@ from torchvision.ops import sigmoid_focal_loss
 import dlrun
 from dlrun.app.api import RunError
 from dlrun.app.eval_cmd import evaluate_checkpoint
-from dlrun.core.errors import ConfigError
+from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.engine.build import check
 from dlrun.engine.optim import build_loss
 from dlrun.observe.metrics import RegressionScores
@@ -93,7 +93,8 @@ def test_regression_scores_are_scikit_learns_in_the_targets_units():
     assert got["r2"] == pytest.approx(r2_score(target, pred), rel=1e-5)
 
 
-def test_misfits_are_one_config_error_naming_both():
+def test_misfits_are_one_config_error_naming_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cases = [
         (["dataset=diabetes", "loss=cross_entropy"], "loss=cross_entropy: is a classification loss, and dataset=diabetes"),
         (["dataset=diabetes", "trainer.monitor=val/f1"], "trainer.monitor=val/f1: is not a regression metric"),
@@ -107,6 +108,8 @@ def test_misfits_are_one_config_error_naming_both():
         assert str(err.value).startswith(message), str(err.value)
     with pytest.raises(RunError, match=r"^trainer.label_smoothing: moved; it is now loss.label_smoothing"):
         dlrun.train(["trainer.label_smoothing=0.1"])
+    with pytest.raises(DlrunError, match=r"^trainer.class_weights=balanced: moved; it is now loss.class_weights"):
+        dlrun.train(["+trainer.class_weights=balanced"])
 
 
 @pytest.mark.slow

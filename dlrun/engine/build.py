@@ -17,8 +17,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dlrun.config.check import check_arguments, check_config, locate
-from dlrun.config.schema import metric_names
+from dlrun.config.schema import MOVED_KEYS, metric_names
 from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.core.nested import lookup
+from dlrun.core.text import show_value
 from dlrun.data import known_shape, known_task
 from dlrun.engine.optim import build_loss, build_optimizer, check_class_lists
 from dlrun.model.initializers import initialize
@@ -115,6 +117,9 @@ def check_loss(cfg, num_classes: int | None) -> None:
 def check(cfg) -> None:
     """Every check before a run: the config's rules, then the dry build where the data's shape is known."""
     values = check_config(cfg)
+    for old, new in MOVED_KEYS.items():  # `+trainer.label_smoothing=...` adds the old key, which nothing reads
+        if lookup(values, old)[0]:
+            raise ConfigError(old, show_value(lookup(values, old)[1]), f"moved; it is now {new} ({new}=...)")
     shape = known_shape(values.get("dataset") or {})
     check_loss(values, shape[1] if shape is not None else None)
     if shape is not None:
