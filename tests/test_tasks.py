@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import compose_config, run_dlrun
+from sklearn.datasets import load_diabetes
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -18,6 +19,7 @@ import dlrun
 from dlrun.app.api import RunError
 from dlrun.app.eval_cmd import evaluate_checkpoint
 from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.data import load_data
 from dlrun.engine.build import check
 from dlrun.engine.optim import build_loss
 from dlrun.observe.metrics import RegressionScores
@@ -164,6 +166,21 @@ def test_a_regression_on_diabetes_beats_the_mean_predictor(tmp_path, monkeypatch
     again = evaluate_checkpoint(run_dir)
     assert again["test"] == pytest.approx(test, abs=1e-5)
     assert (run_dir / "eval" / "diabetes-test-best" / "predictions.png").is_file()
+
+
+def test_diabetes_is_scikit_learns_with_a_scaled_target():
+    data = load_data(compose_config("dataset=diabetes").dataset, seed=0, val_fraction=0.1)
+    raw = load_diabetes(scaled=False)
+    assert data.task == "regression" and data.classes == ["target"] and data.in_shape == (10,)
+    assert len(data.train) + len(data.val) + len(data.test) == 442 and len(data.test) == round(442 * 0.2)
+    x = torch.cat([data.train.x, data.val.x, data.test.x]).double()
+    assert sorted(map(tuple, x.numpy().round(4).tolist())) == sorted(map(tuple, raw.data.round(4).tolist()))
+    mean, std = data.target_scale
+    assert abs(data.train.y.mean().item()) < 1e-5 and data.train.y.std().item() == pytest.approx(1.0, abs=1e-5)
+    targets = torch.cat([data.train.y, data.val.y, data.test.y]).double() * std + mean
+    assert sorted(targets.numpy().round(3)) == pytest.approx(sorted(raw.target), abs=1e-3)
+    again = load_data(compose_config("dataset=diabetes").dataset, seed=0, val_fraction=0.1)
+    assert torch.equal(again.test.x, data.test.x), "a fixed split"
 
 
 def test_summaries_show_a_regressions_scores():
