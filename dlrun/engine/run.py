@@ -315,9 +315,9 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
         save_last(cfg, parts, state, tracker, ctx, epoch=epoch, history=list(tracker.history), stop=stop)
         kill_point("last_saved")
         console.epoch_row(row, trainer.epochs, improved)
+        trial.after_epoch(epoch, row[trainer.monitor])  # raises search.Pruned once the study's pruner says stop
         if steps.signals is not None:
             steps.signals.check(state.step, epoch)
-        trial.after_epoch(epoch, row[trainer.monitor])  # raises search.Pruned once the study's pruner says stop
         if stop:
             console.print(
                 f"early stopping: {parts.stopper.monitor} has not improved by more than "
