@@ -189,10 +189,7 @@ def evaluate_checkpoint(
         model.to(memory_format=torch.channels_last)
     cfg.trainer.batch_size = cfg.trainer.eval_batch_size
     cfg.trainer.limit_batches, cfg.trainer.overfit_batches = None, 0  # the whole split, whatever the run used
-    if threshold is not None and data.task == "regression":
-        raise ConfigError("threshold", threshold, "applies to two-class tasks; this model is a regression")
-    if threshold is not None and len(classes) != 2:
-        raise ConfigError("threshold", threshold, f"applies to two-class tasks; this model has {len(classes)} classes")
+    _check_threshold(threshold, data.task, len(classes))
     _, val_loader, test_loader = make_loaders(data, cfg, dev)
     task = data.task
     metrics = task_metrics(task, len(classes), data.target_scale).to(dev)
@@ -226,6 +223,13 @@ def evaluate_checkpoint(
         )
     console.print(f"eval saved in {out}")
     return result
+
+
+def _check_threshold(threshold, task: str, num_classes: int) -> None:
+    if threshold is not None and task == "regression":
+        raise ConfigError("threshold", threshold, "applies to two-class tasks; this model is a regression")
+    if threshold is not None and num_classes != 2:
+        raise ConfigError("threshold", threshold, f"applies to two-class tasks; this model has {num_classes} classes")
 
 
 def at_thresholds(scores: tuple, threshold: float | None) -> dict:
