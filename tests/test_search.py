@@ -15,7 +15,7 @@ from helpers import compose_config
 
 import dlrun
 from dlrun.core.errors import DlrunError
-from dlrun.observe.dashboards import SWEEP_EXPERIMENT_SUFFIX
+from dlrun.observe.dashboards import SWEEP_EXPERIMENT_SUFFIX, read_session_hparams
 
 optuna = pytest.importorskip("optuna", reason="needs optuna (pip install 'dlrun[search]')")
 TrialState = optuna.trial.TrialState
@@ -121,6 +121,8 @@ def test_a_wide_lr_search_prunes_hopeless_trials_after_their_warmup(search):
     scores = [r["best_val/f1"] for r in rows if r["best_val/f1"] is not None]
     assert scores == sorted(scores, reverse=True) and rows[0]["status"] == "completed"
     assert not any(key.startswith("search") for key in rows[0]), rows[0].keys()
+    hparams = read_session_hparams(jobs[complete[0].number])
+    assert "optimizer.lr" in hparams and not any(key.startswith("search") for key in hparams), "nor in HParams"
     assert all(p.name.startswith("model.hidden_sizes=") for p in jobs.values()), "named by the searched values alone"
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(study.best_value) == pytest.approx(max(t.value for t in complete))
@@ -171,6 +173,12 @@ def test_extending_the_search_runs_only_the_new_trials(search):
     new = {t.params["optimizer.lr"] for t in study.trials[10:]}
     assert not new & first_points, "the seeded sampler continues: it does not propose its first points again"
     assert set(jobs_by_trial(sweep_dir)) == set(range(12))
+
+    # n_trials is the study's total: the first command again has nothing left to run
+    files = files_of(jobs_by_trial(sweep_dir).values())
+    with contextlib.suppress(DlrunError):
+        dlrun.sweep([*SEARCH, FAILING, "hydra.sweeper.n_trials=10", f"hydra.sweep.dir={sweep_dir}"])
+    assert len(load_study(sweep_dir).trials) == 12 and files_of(jobs_by_trial(sweep_dir).values()) == files
 
 
 def test_the_search_config(tmp_path):

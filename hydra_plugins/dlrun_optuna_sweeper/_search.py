@@ -9,7 +9,7 @@ here its end is told: complete, pruned (the job's metrics.json says so) or faile
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -170,7 +170,7 @@ def say(line: str) -> None:
 class Tally:
     """What this command's trials came to."""
 
-    told: dict[str, int] = field(default_factory=lambda: {"complete": 0, "pruned": 0, "failed": 0})
+    failures: int = 0
     stopped: str | None = None  # why the search stopped before its goal
 
 
@@ -214,7 +214,7 @@ def write_results(study: optuna.Study, sweep_dir: Path, seed) -> dict:
     return results
 
 
-def describe_end(results: dict, tally: Tally, settings: dict) -> str:
+def describe_end(results: dict, tally: Tally) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in results["trials"].items())
     line = f"optuna: study {results['study']} holds {sum(results['trials'].values())} trials ({counts})"
     if "best_value" in results:
@@ -225,8 +225,8 @@ def describe_end(results: dict, tally: Tally, settings: dict) -> str:
 class Search:
     """One command's share of the study: the trials it lacks, in batches of n_jobs, each told when its job ends."""
 
-    def __init__(self, settings: dict, config, launcher, hydra_context):
-        self.settings, self.config, self.launcher, self.hydra_context = settings, config, launcher, hydra_context
+    def __init__(self, settings: dict, config, launcher):
+        self.settings, self.config, self.launcher = settings, config, launcher
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
         self.storage = absolute_storage(settings["storage"])
         self.tally = Tally()
@@ -242,7 +242,7 @@ class Search:
         study = open_study(self.settings, self.storage, epochs)
         orphans = [
             t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.user_attrs.get(SWEEP_DIR_ATTR) == str(self.sweep_dir)
         ]
         more = self.settings["n_trials_more"]
@@ -250,7 +250,7 @@ class Search:
         self.announce(study, goal, orphans)
         self.loop(study, goal, orphans)
         results = write_results(study, self.sweep_dir, self.settings["sampler"].get("seed"))
-        say(describe_end(results, self.tally, self.settings))
+        say(describe_end(results, self.tally))
 
     def announce(self, study: optuna.Study, goal: int, orphans: list) -> None:
         held = len(study.trials)
@@ -304,14 +304,13 @@ class Search:
             self.tally.stopped = f"trial {number} did not finish ({why}); the same command resumes it"
             return
         study.tell(number, value, state=state, skip_if_finished=True)
-        if state == TrialState.FAIL:
-            self.tally.told["failed"] += 1
-            say(f"optuna: trial {number} failed: {why}")
-            limit = self.settings["max_failures"]
-            if limit is not None and self.tally.told["failed"] > limit:
-                self.tally.stopped = (
-                    f"search stopped: {self.tally.told['failed']} trials failed in this command "
-                    f"(hydra.sweeper.max_failures={limit}); the summary and the jobs' train.log say why"
-                )
-        else:
-            self.tally.told["complete" if state == TrialState.COMPLETE else "pruned"] += 1
+        if state != TrialState.FAIL:
+            return
+        self.tally.failures += 1
+        say(f"optuna: trial {number} failed: {why}")
+        limit = self.settings["max_failures"]
+        if limit is not None and self.tally.failures > limit:
+            self.tally.stopped = (
+                f"search stopped: {self.tally.failures} trials failed in this command "
+                f"(hydra.sweeper.max_failures={limit}); the summary and the jobs' train.log say why"
+            )

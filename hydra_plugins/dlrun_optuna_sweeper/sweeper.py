@@ -28,4 +28,4 @@ class DlrunOptunaSweeper(Sweeper):
 
             raise DlrunError("hparams_search=optuna: needs optuna: pip install 'dlrun[search]'") from None
         settings = OmegaConf.to_container(self.config.hydra.sweeper, resolve=True)
-        Search(settings, self.config, self.launcher, self.hydra_context).run(list(arguments))
+        Search(settings, self.config, self.launcher).run(list(arguments))
