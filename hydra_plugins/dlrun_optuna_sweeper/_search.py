@@ -9,6 +9,7 @@ here its end is told: complete, pruned (the job's metrics.json says so) or faile
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from optuna.trial import TrialState
 from dlrun.config.schema import PRUNERS
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.io import read_json
-from dlrun.core.text import first_line, show_value
+from dlrun.core.text import first_line, quote_override, show_value
 from dlrun.engine.search import make_pruner
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,18 @@ def _encoded(override: Override) -> list:
 
 
 def override_text(key: str, value) -> str:
+    """A sampled value as the job's override: every digit of a float; a text quoted where it needs it (`a,b`), but
+    not a list or dict choice, which is the text of its own override already."""
     if isinstance(value, float):
         return f"{key}={value!r}"
+    if isinstance(value, str) and not value.startswith(("[", "{")):
+        return f"{key}={quote_override(value)}"
     return f"{key}={show_value(value)}"
+
+
+def shown_storage(storage: str | None) -> str:
+    """A storage URL as printed: a database password in it is masked."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", storage) if storage else "in memory"
 
 
 def search_block(settings: dict, storage: str, number: int) -> str:
@@ -135,7 +145,9 @@ def open_study(settings: dict, storage: str | None, epochs: int) -> optuna.Study
             load_if_exists=True,
         )
     except Exception as err:  # noqa: BLE001 - a storage that cannot be opened, a study with another direction
-        raise DlrunError(f"hydra.sweeper.storage={storage}: {type(err).__name__}: {first_line(str(err))}") from None
+        raise DlrunError(
+            f"hydra.sweeper.storage={shown_storage(storage)}: {type(err).__name__}: {first_line(str(err))}"
+        ) from None
     if study.direction.name.lower() != settings["direction"]:
         raise ConfigError(
             "hydra.sweeper.direction",
@@ -256,7 +268,7 @@ class Search:
         held = len(study.trials)
         sampler, pruner = type(study.sampler).__name__, self.settings["pruner"]
         todo = max(goal - held, 0) + len(orphans)
-        line = f"optuna: study {study.study_name} ({self.storage or 'in memory'}) holds {held} trials, goal {goal}: "
+        line = f"optuna: study {study.study_name} ({shown_storage(self.storage)}) holds {held} trials, goal {goal}: "
         line += f"{todo} to run" + (f", {len(orphans)} of them resumed" if orphans else "")
         say(f"{line}; {sampler}, pruner {pruner}")
         if self.storage is None and pruner != "none":
