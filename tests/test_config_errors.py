@@ -201,7 +201,7 @@ override = st.one_of(
 
 def train_one_step(cfg) -> None:
     """What a run builds from the config, on CPU with a random batch of the dataset's shape."""
-    from dlrun.engine.build import check_loss
+    from dlrun.engine.build import check_loss, make_model, model_outputs
     from dlrun.engine.optim import EarlyStopping, Regime, Schedule, build_loss
 
     known = known_shape(cfg.dataset)
@@ -211,12 +211,13 @@ def train_one_step(cfg) -> None:
         data = load_data(cfg.dataset, cfg.seed, cfg.trainer.val_fraction)
         shape, num_classes = data.in_shape, data.num_classes
     check_loss(cfg, num_classes)  # the loss fits the task and the class count, as a run checks before building
+    outputs = model_outputs(cfg, num_classes)  # one for a binary head (loss=bce) or a regression
     with torch.device("meta"):
-        size = sum(p.numel() for p in instantiate(cfg.model, in_shape=shape, num_classes=num_classes).parameters())
+        size = sum(p.numel() for p in make_model(cfg.model, shape, outputs, num_classes=num_classes).parameters())
     if size > 5_000_000:
         return  # valid, but too big to build for real in a unit test; the meta build ran its checks
     torch.manual_seed(0)
-    model = instantiate(cfg.model, in_shape=shape, num_classes=num_classes)
+    model = make_model(cfg.model, shape, outputs, num_classes=num_classes)
     fn = instantiate(cfg.initializer.fn) if cfg.initializer.fn else None
     initialize(model, fn, cfg.initializer.zero_bias)
     optimizer = instantiate(cfg.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
@@ -224,7 +225,7 @@ def train_one_step(cfg) -> None:
     schedule = Schedule(cfg.scheduler, optimizer, cfg.trainer.epochs, 3)
     regime = Regime(cfg.trainer, model, schedule, cfg.logging.grad_norm)
     EarlyStopping(cfg.trainer.early_stopping)
-    loss = build_loss(cfg.loss, labels, num_classes)(model(torch.randn(4, *shape)), labels)
+    loss = build_loss(cfg.loss, labels, num_classes, cfg.task)(model(torch.randn(4, *shape)), labels)
     (loss + regime.penalty()).backward()
     regime.clip_gradients()
     optimizer.step()

@@ -246,6 +246,7 @@ SCHEMA: dict[str, Rule] = {
     "loss.pos_weight": number(0, lo_open=True, null=True),
     "loss.delta": number(0, lo_open=True),
     # logging
+    "logging": mapping("logging.grad_norm=false"),
     "logging.confusion_matrix_every": integer(0),
     "logging.pr_curves": integer(0),
     "logging.hparams": boolean,
