@@ -241,3 +241,29 @@ def test_parameter_importance_is_written_once_ten_trials_completed(tmp_path):
     assert yaml.safe_load((tmp_path / "optimization_results.yaml").read_text()) == results
     lines = importance_lines(results)
     assert lines[0].startswith("parameter importance") and lines[1].split() == ["a", f"{results['importance']['a']:.3f}"]
+
+
+def test_a_trial_left_running_runs_once_in_its_own_directory(search):
+    sweep_dir, _ = search
+    study = load_study(sweep_dir)
+    held = len(study.trials)
+    # what a sweep killed mid-trial leaves: a RUNNING trial of this sweep directory (dlrun.app.job resumes its files)
+    space = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 50, log=True)}
+    space["model.hidden_sizes"] = optuna.distributions.CategoricalDistribution(["[16]", "[0]"])
+    left = optuna.trial.create_trial(
+        state=TrialState.RUNNING,
+        params={"optimizer.lr": 0.5, "model.hidden_sizes": "[16]"},
+        distributions=space,
+        user_attrs={"dlrun_sweep_dir": str(sweep_dir.resolve())},
+    )
+    study.add_trial(left)
+
+    with contextlib.suppress(DlrunError):  # the study's earlier failed trials are rows of the summary still
+        dlrun.sweep([*SEARCH, FAILING, f"hydra.sweeper.n_trials={held + 1}", f"hydra.sweep.dir={sweep_dir}"])
+
+    study = load_study(sweep_dir)
+    assert len(study.trials) == held + 1, "run, not duplicated"
+    assert study.trials[held].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    job = jobs_by_trial(sweep_dir)[held]
+    assert job.name == "model.hidden_sizes=[16],optimizer.lr=0.5"
+    assert metrics(job)["status"] in ("completed", "pruned")
