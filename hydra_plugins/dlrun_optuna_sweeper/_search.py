@@ -103,7 +103,8 @@ def search_block(settings: dict, storage: str, number: int) -> str:
         "warmup_epochs": settings["warmup_epochs"],
         "startup_trials": settings["startup_trials"],
     }
-    quoted = (f"'{v}'" if isinstance(v, str) else str(v) for v in block.values())
+    # every text quoted: a URL's `:` and `/` would end an unquoted value of a dict override
+    quoted = ("'" + v.replace("'", "\\'") + "'" if isinstance(v, str) else str(v) for v in block.values())
     return "search={" + ",".join(f"{k}:{v}" for k, v in zip(block, quoted)) + "}"
 
 
