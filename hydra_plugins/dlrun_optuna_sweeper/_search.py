@@ -121,9 +121,14 @@ def check_settings(settings: dict) -> None:
         raise ConfigError("hydra.sweeper.pruner", settings["pruner"], f"must be one of {', '.join(PRUNERS)}")
     if settings["direction"] not in ("minimize", "maximize"):
         raise ConfigError("hydra.sweeper.direction", settings["direction"], "must be minimize or maximize")
-    for key, low in (("n_trials", 0), ("n_trials_more", 0), ("warmup_epochs", 0), ("startup_trials", 0), ("n_jobs", 1)):
-        if not _is_count(settings[key], low):
-            raise ConfigError(f"hydra.sweeper.{key}", show_value(settings[key]), f"must be an integer >= {low}")
+    for key in ("n_trials", "n_trials_more", "warmup_epochs", "startup_trials"):
+        if not _is_count(settings[key], 0):
+            raise ConfigError(f"hydra.sweeper.{key}", show_value(settings[key]), "must be an integer >= 0")
+    n_jobs = settings["n_jobs"]
+    if not (isinstance(n_jobs, int) and not isinstance(n_jobs, bool) and n_jobs != 0):
+        raise ConfigError("hydra.sweeper.n_jobs", show_value(n_jobs), "must be an integer >= 1 (or, as joblib's, -1: every CPU)")
+    if n_jobs < 0:  # joblib's count: -1 every CPU, -2 all but one
+        settings["n_jobs"] = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
     if settings["max_failures"] is not None and not _is_count(settings["max_failures"], 0):
         raise ConfigError("hydra.sweeper.max_failures", show_value(settings["max_failures"]), "must be an integer >= 0 or null")
 
