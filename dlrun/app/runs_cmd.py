@@ -4,21 +4,15 @@ newest first, one row each; filters on status, config and age; a table, --json, 
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from rich import box
-from rich.markup import escape
-from rich.table import Table
-
 from dlrun.core.errors import DlrunError
 from dlrun.observe.console import Console
-from dlrun.observe.tables import plain_table
+from dlrun.observe.tables import print_table
 from dlrun.results import listing
 from dlrun.results.listing import Entry
-from dlrun.results.summary import fit_table
 
 USAGE = (
     "dlrun runs [PATH...] [--status S] [--where KEY=VALUE] [--since 2d] [--sort [-]KEY] [--reverse] [--limit N] "
@@ -228,25 +222,7 @@ def print_runs(entries: list[Entry], title: str) -> None:
         print(title)
         return
     header, body, texts = table_cells(entries)
-    width = console.rich.width if console.tty else shutil.get_terminal_size().columns
-    heads, cut, _ = fit_table(header, body, width, texts)
-    if console.tty:
-        table = Table(
-            title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
-        )
-        for i, lines in enumerate(zip(*heads)):
-            name = escape("\n".join(line for line in lines if line))
-            left = i in texts or name in ("date", "path")
-            table.add_column(name, justify="left" if left else "right", no_wrap=i not in texts, overflow="fold")
-        for cells in cut:
-            table.add_row(*map(escape, cells))
-        # wider than the terminal even so: lines that wrap, rather than columns that fold
-        widths = [max(len(cell) for cell in column) for column in zip(*heads, *cut)]
-        console.rich.width = max(width, sum(widths) + 2 * (len(widths) - 1))
-        console.rich.print(table)
-    else:
-        print(title)
-        print(plain_table(heads[0], [*heads[1:], *cut]), flush=True)
+    cut, _ = print_table(console, title, header, body, texts, left=("date", "path"))
     status = header.index("status")
     reasons = [(entry, row) for entry, row, full in zip(entries, cut, body) if row[status] != full[status] and entry.note]
     for entry, _ in reasons:

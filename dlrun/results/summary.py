@@ -9,15 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rich import box
-from rich.markup import escape
-from rich.table import Table
 
 from dlrun.core.errors import DlrunError
 from dlrun.core.io import read_yaml, write_csv, write_json, write_text
 from dlrun.core.text import did_you_mean
 from dlrun.observe.console import Console
-from dlrun.observe.tables import markdown_table, plain_table
+from dlrun.observe.tables import markdown_table, print_table
 from dlrun.results.runs import Run, find_runs, float_or_nan
 
 FINISHED = ("completed", "diverged", "pruned")  # a rerun would give the same answer: skip these when resuming
@@ -373,24 +370,7 @@ def print_summary(summary: Summary, title: str, with_names: bool, logdir: Path) 
     header, body = table_cells(summary, summary.ranked, grouped, with_names and not grouped)
     numeric = {"seeds", "epochs", "time", *(c.header for c in summary.shown if c.csv not in summary.texts)}
     texts = [i for i, name in enumerate(header) if name not in numeric and i > 0]
-    width = console.rich.width if console.tty else shutil.get_terminal_size().columns
-    heads, body, cut = fit_table(header, body, width, texts)
-    if console.tty:
-        # No borders, two spaces between columns: the width fit_table counted. Numbers never wrap.
-        table = Table(
-            title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
-        )
-        for i, lines in enumerate(zip(*heads)):
-            name = escape("\n".join(line for line in lines if line))
-            table.add_column(name, justify="left" if i in texts else "right", no_wrap=i not in texts, overflow="fold")
-        for cells in body:  # values such as [50,50] are text, not rich markup
-            table.add_row(*map(escape, cells), style="bold green" if cells[0] == "*" else None)
-        # wider than the terminal even so: lines that wrap, rather than columns that vanish
-        console.rich.width = max(width, _line_width([*heads, *body]))
-        console.rich.print(table)
-    else:
-        print(title)
-        print(plain_table(heads[0], [*heads[1:], *body]), flush=True)
+    body, cut = print_table(console, title, header, body, texts, highlight=lambda cells: cells[0] == "*")
     lines = [f"note: no run has {key} (a column that names nothing shows -)" for key in summary.missing]
     if summary.failed and (grouped or cut):  # the reasons in full, where the table has none or cut them
         lines += ["not finished:", *[f"  {row.name}: {row.status}" for row in summary.failed]]
@@ -401,70 +381,6 @@ def print_summary(summary: Summary, title: str, with_names: bool, logdir: Path) 
     lines.append(f"open them with: tensorboard --logdir {logdir}")
     for line in lines:
         print(line, flush=True)
-
-
-MIN_CELL = 16  # a cut text cell keeps at least this many characters (a verdict, still_improving, is never cut)
-
-
-def fit_table(header: list[str], body: list[list[str]], width: int, texts: list[int]):
-    """A plain table that fits `width` where it can: a header wider than its column's values on two lines
-    (`train/loss` over `(last)`), then long text cells (run names, values, a failure's reason) cut with "…", the
-    widest first; numbers are never cut. Returns (the header lines, the body, whether a status, the last column,
-    was cut)."""
-    heads = [header]
-    if _line_width([header, *body]) > width:
-        values = [max((len(cells[i]) for cells in body), default=0) for i in range(len(header))]
-        two = [_split_header(name) if len(name) > values[i] else (name, "") for i, name in enumerate(header)]
-        if any(bottom for _, bottom in two):
-            heads = [[top for top, _ in two], [bottom for _, bottom in two]]
-    widths = [max(len(cell) for cell in column) for column in zip(*heads, *body)]
-    excess = sum(widths) + 2 * (len(widths) - 1) - width
-    while excess > 0:
-        candidates = [i for i in texts if widths[i] > MIN_CELL]
-        if not candidates:
-            break
-        i = max(candidates, key=lambda c: (widths[c], c))
-        widths[i] -= 1
-        excess -= 1
-    heads = [[_cut_header(name, widths[i]) if i in texts else name for i, name in enumerate(line)] for line in heads]
-    cut = [[_cut(cell, widths[i]) if i in texts else cell for i, cell in enumerate(cells)] for cells in body]
-    last = len(widths) - 1
-    return heads, cut, last in texts and any(len(cells[last]) > widths[last] for cells in body)
-
-
-def _line_width(lines: list[list[str]]) -> int:
-    return sum(max(len(cell) for cell in column) for column in zip(*lines)) + 2 * (len(lines[0]) - 1)
-
-
-def _split_header(name: str) -> tuple[str, str]:
-    """`train/loss (last)` -> (`train/loss`, `(last)`), `best val/f1` -> (`best`, `val/f1`), `optimizer.momentum` ->
-    (`optimizer.`, `momentum`)."""
-    if " (" in name:  # the qualifier whole: `val/auroc` over `(best epoch)`
-        top, bottom = name.rsplit(" (", 1)
-        return top, f"({bottom}"
-    if " " in name:
-        top, bottom = name.rsplit(" ", 1)
-        return top, bottom
-    if "." in name.strip("."):
-        top, bottom = name.rsplit(".", 1)
-        return top + ".", bottom
-    return name, ""
-
-
-def _cut(text: str, width: int) -> str:
-    """A run's path keeps its start and its end (the job's values); other texts their start."""
-    if len(text) <= width:
-        return text
-    if "/" in text:
-        head = (width - 1) // 3
-        return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
-    return text[: width - 1] + "…"
-
-
-def _cut_header(name: str, width: int) -> str:
-    if len(name) > width and "." in name:
-        name = name.rsplit(".", 1)[-1]
-    return _cut(name, width)
 
 
 def importance_lines(search: dict | None) -> list[str]:
