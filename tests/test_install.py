@@ -32,6 +32,8 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
     source = ROOT / "dlrun" / "configs"
     shipped = {p.relative_to(target / "dlrun" / "configs") for p in (target / "dlrun" / "configs").rglob("*.yaml")}
     assert shipped == {p.relative_to(source) for p in source.rglob("*.yaml")}, "every config file of every group ships"
+    plugin = target / "hydra_plugins" / "dlrun_optuna_sweeper"
+    assert {"config.py", "sweeper.py", "_search.py"} <= {p.name for p in plugin.glob("*.py")}, "the Optuna sweeper ships"
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -51,3 +53,18 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "_target_: dlrun.model.CNN" in proc.stdout
     assert "_target_: torch.optim.Adam" in proc.stdout
+
+    # Hydra finds the shipped sweeper by its plugin discovery, from the installed files alone
+    code = "import hydra_plugins.dlrun_optuna_sweeper as p, sys; sys.stdout.write(p.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert where.stdout.startswith(str(target)), where.stdout + where.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlrun", "train", "hparams_search=optuna", "--cfg", "hydra"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: hydra_plugins.dlrun_optuna_sweeper.sweeper.DlrunOptunaSweeper" in proc.stdout
