@@ -187,3 +187,20 @@ def test_the_command_prints_the_line_and_exits(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("dlrun: error: ")
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_csv_regression_trains_with_the_tasks_own_loss_and_no_override(tmp_path, monkeypatch):
+    """A table whose target is a number trains as a regression with MSE: no `loss=` needed."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    area = rng.uniform(40, 200, 200)
+    rows = [f"{a:.1f},{1000 * a + rng.normal(0, 5000):.0f}" for a in area]
+    write_csv(tmp_path / "h.csv", "area,price", rows)
+    cfg = table_config(tmp_path / "h.csv", "price")
+    assert (cfg.task, cfg.loss._target_) == ("regression", "dlrun.model.losses.task_loss")
+    run = dlrun.train(["dataset=csv", "dataset.path=h.csv", "dataset.target=price", "trainer.epochs=15", "hydra.run.dir=run"])
+    assert run.status == "completed"
+    test = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    assert test["r2"] > 0.5, test  # price is linear in area: far better than the mean predictor
+    with pytest.raises(DlrunError, match=r"loss.class_weights=balanced: applies to a classification; this run is a regression"):
+        dlrun.train(["dataset=csv", "dataset.path=h.csv", "dataset.target=price", "loss.class_weights=balanced"])

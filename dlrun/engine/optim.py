@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from dlrun.core.errors import ConfigError, DlrunError
+from dlrun.core.text import show_value
 from dlrun.model.losses import OneOutput, task_of
 
 
@@ -122,6 +123,9 @@ def build_loss(loss_cfg, train_labels: torch.Tensor, num_classes: int, task: str
     """The `loss` group's module; `class_weights: balanced` becomes n / (k * count) per class, from the training labels."""
     node = OmegaConf.to_container(loss_cfg, resolve=True) if OmegaConf.is_config(loss_cfg) else dict(loss_cfg)
     weights = node.get("class_weights")
+    for key in ("class_weights", "label_smoothing"):  # a classification's settings, kept by loss=by_task
+        if task == "regression" and node.get(key):
+            raise ConfigError(f"loss.{key}", show_value(node[key]), "applies to a classification; this run is a regression")
     if weights == "balanced":
         # n / (k * count_c), as scikit-learn's "balanced": rare classes weigh more.
         counts = torch.bincount(train_labels.cpu(), minlength=num_classes).float()

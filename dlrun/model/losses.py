@@ -149,3 +149,10 @@ def eval_loss(task: str) -> nn.Module:
     """Val and test loss, whatever trains: plain cross-entropy for classification (on [0, z] for a binary
     head, so it is binary cross-entropy there), MSE in the scaled units for regression. Runs stay comparable."""
     return MSE() if task == "regression" else CrossEntropy()
+
+
+def task_loss(task: str, label_smoothing: float = 0.0, class_weights=None) -> nn.Module:
+    """The task's plain loss (`loss=by_task`, dataset=csv's default, since a table's task is known only once its
+    file is read): cross-entropy for a classification, with its smoothing and weights; MSE for a regression
+    (build_loss refuses smoothing or weights there)."""
+    return MSE() if task == "regression" else CrossEntropy(label_smoothing, class_weights)
