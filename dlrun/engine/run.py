@@ -230,8 +230,7 @@ def fit_and_test(cfg, parts: Parts, state: LoopState, tracker: Tracker, console:
     except search.Pruned as err:  # like an early stop: last.pt and best.pt as at any epoch's end; no test
         status = "pruned"
         tracker.save_metrics(pruned=err.details)
-        outcome = Outcome("pruned")
-        diagnose_run(cfg, tracker, state, outcome)
+        outcome = Outcome("pruned")  # no verdict: the pruner judged it against the other trials, not its own curves
     except faults.Interrupted as err:
         status = "interrupted"
         with contextlib.suppress(Exception):
