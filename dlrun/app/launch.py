@@ -16,8 +16,6 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from dlrun.config.check import check_rules
 from dlrun.config.schema import DDP
@@ -84,6 +82,10 @@ def run_on_devices(cfg, ctx: RunContext, verbose: bool = False, run_one=run) -> 
 
 def launch(cfg, ctx: RunContext, verbose: bool) -> float:
     """Start `trainer.devices` ranks of this run with torch.distributed's elastic launcher and wait for them."""
+    # torch.distributed's launcher only where ranks start: a single-process run does without its imports.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     check(cfg)  # a bad value is reported once, here, and not by every rank
     n = cfg.trainer.devices
     device = resolve_device(cfg.device)

@@ -3,14 +3,16 @@ matrix, PR and ROC curves, the threshold sweep of a binary task, learning curves
 
 matplotlib through its object API, drawn by the Agg canvas: no pyplot state and no screen needed."""
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
+from matplotlib.font_manager import FontProperties, findfont, get_font
 from matplotlib.image import imsave
 
 from dlrun.core.io import atomic_write
@@ -25,6 +27,7 @@ LEGEND_MAX = 10
 _RULER = RendererAgg(1, 1, DPI)
 
 
+@functools.lru_cache(maxsize=4096)  # the same names and numbers are measured for every epoch's card
 def _text_px(text: str, size: float) -> tuple[float, float]:
     """Width and height in pixels of one line of `text` at `size` points, as the Agg canvas draws it."""
     width, height, _ = _RULER.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
@@ -81,11 +84,21 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normal
     Sized in pixels: for 10 classes one panel is about 430 px square, which a 350 px TensorBoard card shows
     with its numbers still legible; beyond ANNOTATE_MAX classes it is a heatmap with a colour bar and thinned labels."""
     cm = np.asarray(cm)
+    panels = _panels(cm, normalized_too)
+    return _confusion_panels(cm, classes, title, panels, _confusion_layout(cm, classes, panels, title))
+
+
+def _panels(cm: np.ndarray, normalized_too: bool) -> list[tuple[str, np.ndarray, str]]:
+    """(name, values, number format) of each panel: the counts, and the row-normalised view."""
     panels = [("counts", cm.astype(float), "d")]
     if normalized_too:
         rows = cm.sum(axis=1, keepdims=True)
         panels.append(("row-normalised", np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0), ".2f"))
-    layout = _confusion_layout(cm, classes, panels, title)
+    return panels
+
+
+def _confusion_panels(cm: np.ndarray, classes: list[str], title: str | None, panels: list, layout: dict) -> Figure:
+    """The figure of confusion_figure for a layout; title None: no titles and no numbers (confusion_pixels's frame)."""
     side, bottom = layout["side"], layout["bottom"]
     # The panels share their rows, so only the first one repeats the class names down its side.
     lefts = [layout["left"]] + [layout["colorbar"] + 28] * (len(panels) - 1)
@@ -95,13 +108,135 @@ def confusion_figure(cm: np.ndarray, classes: list[str], title: str = "", normal
     for k, (name, values, fmt) in enumerate(panels):
         x += lefts[k]
         ax = _pixel_axes(fig, x, bottom, side, side)
-        _draw_confusion(ax, cm, values, fmt, classes, layout, names_down_side=k == 0)
-        ax.set_title(f"{title} {name}".strip(), fontsize=10)
+        numbered = dict(layout, annotate=layout["annotate"] and title is not None)
+        _draw_confusion(ax, cm, values, fmt, classes, numbered, names_down_side=k == 0)
+        if title is not None:
+            ax.set_title(f"{title} {name}".strip(), fontsize=10)
         if layout["colorbar"]:
             bar = fig.colorbar(ax.images[0], cax=_pixel_axes(fig, x + side + 8, bottom, 12, side))
             bar.ax.tick_params(labelsize=layout["tick_pt"])
         x += side
     return fig
+
+
+def confusion_pixels(cm: np.ndarray, classes: list[str], title: str = "", normalized_too: bool = True) -> np.ndarray:
+    """The picture of confusion_figure(cm, classes, title, normalized_too) as (H, W, 3) uint8 RGB, in a few
+    milliseconds rather than matplotlib's 0.15 s a panel: matplotlib draws the frame (axes, class names, labels)
+    once per layout, then numpy colours the cells and pastes the numbers' and the titles' glyphs as Agg rasterises
+    them. Every epoch's val card in TensorBoard is one, and the jobs of a sweep share their frames. Beyond
+    ANNOTATE_MAX classes (a colour bar whose ticks follow the counts) it is matplotlib's own drawing."""
+    cm = np.asarray(cm)
+    panels = _panels(cm, normalized_too)
+    layout = _confusion_layout(cm, classes, panels, title)
+    if not 0 < len(classes) <= ANNOTATE_MAX:
+        return render(_confusion_panels(cm, classes, title, panels, layout))
+    frame = _card_frame(tuple(classes), tuple(layout.items()), len(panels))
+    picture = frame.pixels.copy()
+    for box, (name, values, fmt) in zip(frame.boxes, panels):
+        high = values.max()
+        colours = matplotlib.colormaps["Blues"](values / high if high > 0 else np.zeros_like(values), bytes=True)[..., :3]
+        # The axes' frame lies over the edge cells: each pixel keeps the share of black it had over a blank cell.
+        cells = colours[box.cell_of_row[:, None], box.cell_of_col[None, :]] * (1 - box.frame_cover)
+        picture[box.rows, box.cols] = (cells + 0.5).astype(np.uint8)
+        for i, j in np.ndindex(cm.shape):
+            white = values[i, j] > high / 2  # as _draw_confusion picks the numbers' colour
+            centre = (box.top + (i + 0.5) * box.pitch, box.left + (j + 0.5) * box.pitch)
+            text = _cell_text(values, fmt, cm, i, j)
+            _paste_text(picture, text, layout["number_pt"], 255 if white else 0, centre, centred=True)
+        baseline = box.top - TITLE_PAD_PT * DPI / 72
+        _paste_text(picture, f"{title} {name}".strip(), 10, 0, (baseline, box.left + box.side / 2), centred=False)
+    return picture
+
+
+# matplotlib's rcParams["axes.titlepad"]: the title's baseline above the axes, in points.
+TITLE_PAD_PT = 6.0
+
+
+@dataclass(frozen=True)
+class _PanelBox:
+    """Where a panel's cells are in its frame: the pixel rows and columns of the matrix."""
+
+    rows: slice
+    cols: slice
+    cell_of_row: np.ndarray  # the matrix row each pixel row of `rows` shows
+    cell_of_col: np.ndarray
+    frame_cover: np.ndarray  # (rows, cols, 1): how much of each pixel the axes' black frame covers
+    top: float
+    left: float
+    pitch: float  # a cell's side, in pixels
+    side: float
+
+
+@dataclass(frozen=True)
+class _CardFrame:
+    """A confusion matrix's picture with its cells blank and no numbers or titles, and where its panels are."""
+
+    pixels: np.ndarray
+    boxes: list[_PanelBox]
+
+
+@functools.lru_cache(maxsize=16)
+def _card_frame(classes: tuple, layout_items: tuple, panels: int) -> _CardFrame:
+    layout, n = dict(layout_items), len(classes)
+    blank = np.zeros((n, n))
+    fig = _confusion_panels(blank, list(classes), None, [("", blank, "d")] * panels, layout)
+    pixels = render(fig)
+    empty = np.asarray(matplotlib.colormaps["Blues"](0.0, bytes=True)[:3], dtype=np.uint8)
+    return _CardFrame(pixels, [_panel_box(pixels, ax.get_window_extent(), n, empty) for ax in fig.axes])
+
+
+def _panel_box(pixels: np.ndarray, box, n: int, empty: np.ndarray) -> _PanelBox:
+    top, left, pitch = pixels.shape[0] - box.y1, box.x0, box.width / n
+    rows = slice(int(np.floor(top)), int(np.ceil(top + box.height)))
+    cols = slice(int(np.floor(left)), int(np.ceil(box.x1)))
+
+    def cell_of(pixels_at: range, start: float) -> np.ndarray:
+        return np.clip(((np.asarray(pixels_at) + 0.5 - start) // pitch).astype(int), 0, n - 1)
+
+    return _PanelBox(
+        rows=rows,
+        cols=cols,
+        cell_of_row=cell_of(range(rows.start, rows.stop), top),
+        cell_of_col=cell_of(range(cols.start, cols.stop), left),
+        frame_cover=np.clip(1 - pixels[rows, cols].astype(np.float32) / empty, 0, 1).mean(-1, keepdims=True),
+        top=top,
+        left=left,
+        pitch=pitch,
+        side=box.width,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _glyphs(text: str, size: float) -> tuple[np.ndarray, float, float]:
+    """One line of text as Agg rasterises it: its coverage (H, W) in [0, 1], how far it reaches below the
+    baseline and how far right of its origin it starts, in pixels."""
+    font = get_font(findfont(FontProperties(size=size)))
+    font.clear()
+    font.set_size(size, DPI)
+    font.set_text(text, 0, flags=get_hinting_flag())
+    font.draw_glyphs_to_bitmap(antialiased=True)
+    return np.asarray(font.get_image(), dtype=np.float32) / 255, font.get_descent() / 64, font.get_bitmap_offset()[0] / 64
+
+
+def _paste_text(picture: np.ndarray, text: str, size: float, colour: int, at: tuple[float, float], centred: bool) -> None:
+    """Text of one colour (0 black, 255 white) laid over the picture, centred on `at` (row, column) like
+    ha="center", va="center", or with its baseline's middle there (a title)."""
+    alpha, descent, bearing = _glyphs(text, size)
+    row, column = at
+    if centred:  # matplotlib centres the line's box, as tall as "lp" at least, whatever the text's own glyphs
+        _, text_h, text_d = _text_box(text, size)
+        _, lp_h, lp_d = _text_box("lp", size)
+        row += max(text_h, lp_h) / 2 - max(text_d, lp_d)
+    top = max(0, round(row - (alpha.shape[0] - descent)))
+    left = max(0, round(column - _text_box(text, size)[0] / 2 + bearing))
+    region = picture[top : top + alpha.shape[0], left : left + alpha.shape[1]]
+    cover = alpha[: region.shape[0], : region.shape[1], None]
+    region[...] = (region * (1 - cover) + colour * cover + 0.5).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_box(text: str, size: float) -> tuple[float, float, float]:
+    return _RULER.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
 
 
 def _pixel_axes(fig: Figure, x: float, y: float, w: float, h: float):

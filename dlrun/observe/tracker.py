@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata
 from torch.utils.tensorboard import SummaryWriter
 
@@ -163,8 +162,8 @@ class Tracker:
             self._pr_curves("val", val_scores, epoch)
         every = self.cfg.logging.confusion_matrix_every
         if val_cm is not None and every and epoch % every == 0:
-            fig = figures.confusion_figure(val_cm, self.classes, f"val epoch {epoch}", normalized_too=False)
-            self.writer.add_image("val/confusion_matrix", figures.render(fig), epoch, dataformats="HWC")
+            card = figures.confusion_pixels(val_cm, self.classes, f"val epoch {epoch}", normalized_too=False)
+            self.writer.add_image("val/confusion_matrix", card, epoch, dataformats="HWC")
         self.writer.flush()
         kill_point("epoch_flushed")  # the epoch is in the event file, not yet in history.csv
         self.history.append(row)
@@ -200,9 +199,9 @@ class Tracker:
         if readings.get("most_confused"):
             writer.add_text("test/most_confused", confusions_markdown(readings["most_confused"][:5]), epoch)
         # TensorBoard's card is ~350 px wide: the counts alone there; the PNG has the row-normalised view beside them.
-        card = figures.render(figures.confusion_figure(cm, self.classes, "test", normalized_too=False))
+        card = figures.confusion_pixels(cm, self.classes, "test", normalized_too=False)
         writer.add_image("test/confusion_matrix", card, epoch, dataformats="HWC")
-        figures.save_figure(figures.confusion_figure(cm, self.classes, "test"), self.run_dir / "confusion_matrix.png")
+        figures.save_png(figures.confusion_pixels(cm, self.classes, "test"), self.run_dir / "confusion_matrix.png")
         write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
         header, rows = classification_report(cm, self.classes)
         write_csv(self.run_dir / "classification_report.csv", header, rows)
@@ -326,6 +325,9 @@ def logged_below(run_dir: Path, below: int) -> set[tuple[str, int]]:
     """Every (tag, step) the run directory's event files hold that a resumed run must not write again: all
     of them below `below` (the purge step), and beyond it the tensor entries (PR curves, texts), which
     TensorBoard's purge at a restart leaves in place, unlike scalars, images and histograms."""
+    # Only a resumed run reads event files: its reader (and the modules it pulls in) is not loaded for a fresh one.
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
     present = set()
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         try:
