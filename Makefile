@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA_ROOT ?= ../shared/data
+BENCH_SEEDS ?= 42,1,2,3
 
 .DEFAULT_GOAL := help
 .PHONY: help install train lint test test-fast bench tb clean
@@ -34,8 +35,8 @@ test: lint ## install, check the code, then run the whole test suite
 test-fast: lint ## the tests that do not start dlrun in a subprocess
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: install ## speed and memory benchmarks on real MNIST (set DATA_ROOT, default ../shared/data)
-	$(BIN)/python scripts/bench.py --data-root $(DATA_ROOT)
+bench: install ## speed against the standard PyTorch loop on real MNIST (DATA_ROOT, default ../shared/data; BENCH_SEEDS)
+	$(BIN)/python scripts/bench.py --data-root $(DATA_ROOT) --seeds $(BENCH_SEEDS)
 
 # Plain `=`, not `?=`: a HOST or PORT exported by the shell (csh sets HOST to the machine's name) must not
 # open TensorBoard to the network; `make tb HOST=0.0.0.0 PORT=6007 LOGDIR=outputs/runs` still overrides.

@@ -1,23 +1,24 @@
-"""dlrun's speed and memory against the standard PyTorch recipe, measured side by side in one run.
+"""dlrun's speed against the standard PyTorch MNIST loop, whole processes measured side by side in one run.
 
-    python scripts/bench.py --data-root ../shared/data [--json outputs/bench.json]
+    python scripts/bench.py --data-root ../shared/data [--seeds 42,1,2,3] [--json outputs/bench.json]
 
-Every figure is a ratio of two things measured here, with both absolute values beside it:
-1. one epoch of real MNIST through dlrun's device-resident pipeline against torchvision's MNIST +
-   ToTensor + Normalize + DataLoader (batch 64, same model, same SGD, same training step), for the
-   course's 784-100-10 MLP and for dlrun's default CNN; dlrun in fp32 and with its defaults
-   (trainer.precision=auto, channels_last);
-2. time to 99.0% test accuracy, wall clock from process start to exit: `dlrun train model=cnn
-   dataset=mnist` (the shipped defaults: 2 epochs; the median of 3 runs, since a shared machine's
-   timings wander by a few seconds) against the pytorch/examples MNIST recipe (its Net, Adadelta lr 1.0, StepLR gamma
-   0.7, batch 64, a DataLoader), written out below from its published description. The recipe runs
-   at most --recipe-epochs epochs (its own default is 14): when it has not reached 99.0% by then,
-   the table shows its time so far as a lower bound, and says so;
-3. start-up of `dlrun --help` and `dlrun train --cfg job` (median of 3);
-4. peak resident memory of the dlrun MNIST CNN runs (ru_maxrss of this script's children: the largest run's);
-5. with CUDA only: epoch time and samples/s for the CNN on MNIST and ResNet-18 on CIFAR-10 against
+Each pair of commands runs interleaved (A B A B A B) and the table shows the median of 3 of each, as
+wall time and as CPU time (user + sys of the child), the steadier figure on a shared machine:
+1. time to 99%: `dlrun train model=cnn dataset=mnist` (the shipped defaults) against ONE epoch of the
+   standard recipe plus its test pass (scripts/standard_mnist.py: torchvision MNIST, ToTensor and Normalize,
+   a DataLoader in batches of 64, the classic tutorial's 16/32-channel CNN with Adam); goal: at most 0.5x
+   its wall time and at most 10 s. --seeds also runs dlrun once for each further seed and shows every
+   seed's test accuracy (goal: each >= 99.0%);
+2. 3 epochs of the course's 784-100-10 MLP (plain SGD at lr 0.01, batch 64, no schedule), dlrun against
+   the same standalone script in MLP mode; goal: dlrun at least 4x faster;
+3. dlrun's fixed cost: a default `dlrun train` (digits) minus the sum of its epochs (history.csv's time_s)
+   minus `python -c "import torch"`; goal: <= 1.0 s;
+4. a sweep job's own overhead: a 10-job digits sweep of 3 epochs each in one process, (its wall time minus
+   one run's wall time outside its epochs minus all jobs' epochs) / 10; goal: <= 0.3 s;
+5. start-up of `dlrun --help` and `dlrun train --cfg job`, and the peak RSS of the dlrun MNIST CNN runs;
+6. with CUDA only: epoch time and samples/s for the CNN on MNIST and ResNet-18 on CIFAR-10 against
    the standard loop, and model FLOP utilisation against the measured bf16 matmul peak.
-Not part of the test suite: it needs the real MNIST files and minutes of CPU.
+Not part of the test suite: it needs the real MNIST files and a few minutes of CPU.
 """
 
 import argparse
@@ -25,13 +26,11 @@ import contextlib
 import gzip
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -40,139 +39,60 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+STANDARD = REPO / "scripts" / "standard_mnist.py"
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+ROUNDS = 3
+SWEEP_JOBS = 10
+CNN_CHOICES = ("model=cnn", "dataset=mnist")
+MLP_CHOICES = ("model=mlp_100", "dataset=mnist", "trainer.epochs=3", "optimizer.lr=0.01", "scheduler=none")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True, help="folder holding MNIST/raw (gzipped or plain IDX files)")
     parser.add_argument("--json", default="outputs/bench.json", help="where to write the results")
-    parser.add_argument("--recipe-epochs", type=int, default=5, help="cap on the pytorch/examples recipe's epochs")
+    parser.add_argument("--seeds", default="42", help="comma-separated seeds for the dlrun CNN run (the first is timed)")
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.data_root).expanduser().resolve()
     raw = root / "MNIST" / "raw"
     if not all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in MNIST_FILES):
         sys.exit(f"bench: MNIST files not found in {raw} (expected {', '.join(MNIST_FILES)}, plain or .gz)")
 
-    results = {"machine": machine(), "rows": []}
+    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="dlrun-bench-") as tmp:
         tmp = Path(tmp)
         plain_root = unpack_mnist(raw, tmp / "plain")  # torchvision's MNIST class reads plain IDX files only
-        warm_cache(root)  # the timed dlrun run is a second run: its uint8 tensors come from the cache
-        # The dlrun runs go first: the peak RSS of waited-for children is a maximum over all of them.
-        dlrun_runs = sorted((time_dlrun_to_99(root, tmp / f"run{i}") for i in range(3)), key=lambda r: r["wall_s"])
-        dlrun_run = {
-            **dlrun_runs[1],
-            "walls_s": [r["wall_s"] for r in dlrun_runs],  # the median run
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in dlrun_runs),
-        }
-        recipe = time_recipe_to_99(plain_root, args.recipe_epochs)
-        startup = {
-            name: time_command(cmd, cwd=tmp)
+        warm_cache(root)  # both sides read decoded files: dlrun its uint8 cache, torchvision the plain IDX files
+        results["cnn"] = cnn_section(root, plain_root, seeds, tmp)
+        results["mlp"] = pair(
+            lambda i: dlrun_run(tmp / f"mlp{i}", MLP_CHOICES, f"dataset.root={root}"),
+            lambda i: standard_run(plain_root, "mlp", 3, tmp),
+        )
+        results["fixed_cost"] = fixed_cost(tmp)
+        results["sweep"] = sweep_overhead(tmp, results["fixed_cost"]["outside_epochs_s"])
+        results["startup"] = {
+            name: statistics.median(timed(cmd, tmp)["wall_s"] for _ in range(ROUNDS))
             for name, cmd in (
                 ("dlrun --help", [str(BIN / "dlrun"), "--help"]),
                 ("dlrun train --cfg job", [str(BIN / "dlrun"), "train", "--cfg", "job"]),
             )
         }
-        epochs = epoch_times(root, plain_root)
-        gpu = gpu_section(root, plain_root) if torch.cuda.is_available() else None
-
-    rows = results["rows"]
-    for model in ("mlp", "cnn"):
-        e = epochs[model]
-        for variant in ("fp32", "defaults"):
-            rows.append(
-                row(
-                    f"epoch, {model.upper()} on MNIST, dlrun {variant} vs standard loop",
-                    e[f"dlrun_{variant}"],
-                    e["standard"],
-                    "s",
-                    target=">= 8x" if model == "mlp" else ">= 2x",
-                )
-            )
-    reached = recipe["time_to_99_s"] is not None
-    recipe_s = recipe["time_to_99_s"] if reached else recipe["wall_s"]
-    rows.append(
-        row(
-            "time to 99.0% test accuracy, dlrun train model=cnn dataset=mnist vs pytorch/examples recipe",
-            dlrun_run["wall_s"] if dlrun_run["test_accuracy"] >= 0.99 else None,
-            recipe_s,
-            "s",
-            target=">= 8x and <= 20 s",
-            lower_bound=not reached,
-        )
-    )
-    for name, seconds in startup.items():
-        rows.append(row(f"start-up, {name}", seconds, None, "s", target="< 0.5 s" if "help" in name else "< 1.5 s"))
-    rows.append(
-        row("peak RSS, the largest of the dlrun MNIST CNN runs", dlrun_run["peak_rss_mb"], None, "MB", target="< 1500 MB")
-    )
-    results.update(dlrun_run=dlrun_run, recipe=recipe, startup=startup, epochs=epochs, gpu=gpu)
-    print_table(results, recipe, args.recipe_epochs)
+        results["gpu"] = gpu_section(root, plain_root) if torch.cuda.is_available() else None
+    results["rows"] = goal_rows(results)
+    print_report(results)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults written to {out}")
 
 
-def row(name, ours, theirs, unit, target="", lower_bound=False) -> dict:
-    ratio = theirs / ours if ours and theirs else None
-    return {
-        "measure": name,
-        "dlrun": ours,
-        "reference": theirs,
-        "unit": unit,
-        "ratio": ratio,
-        "reference_is_lower_bound": lower_bound,
-        "target": target,
-    }
-
-
-def print_table(results: dict, recipe: dict, cap: int) -> None:
-    print(f"\nmachine: {results['machine']}")
-    print(f"{'measure':<92} {'dlrun':>9} {'reference':>10} {'ratio':>8}  target")
-    for r in results["rows"]:
-        ours = "n/a" if r["dlrun"] is None else f"{r['dlrun']:.2f}{r['unit'][0] if r['unit'] == 's' else ''}"
-        ref = "" if r["reference"] is None else f"{'>=' if r['reference_is_lower_bound'] else ''}{r['reference']:.1f}s"
-        ratio = "" if r["ratio"] is None else f"{'>=' if r['reference_is_lower_bound'] else ''}{r['ratio']:.1f}x"
-        if r["unit"] == "MB":
-            ours = f"{r['dlrun']:.0f}MB"
-        print(f"{r['measure']:<92} {ours:>9} {ref:>10} {ratio:>8}  {r['target']}")
-    accs = ", ".join(f"{a:.4f}" for a in recipe["test_accuracy_per_epoch"])
-    print(
-        f"\npytorch/examples recipe: {recipe['epoch_s_mean']:.1f} s per epoch; test accuracy after each epoch: {accs}; "
-        + (
-            f"99.0% after epoch {recipe['epochs_to_99']}"
-            if recipe["time_to_99_s"] is not None
-            else f"not 99.0% within the cap of {cap} epochs, so its time is a lower bound"
-        )
-    )
-    d = results["dlrun_run"]
-    print(
-        f"{d['command']}: {', '.join(f'{w:.1f}' for w in d['walls_s'])} s in 3 runs (median {d['wall_s']:.1f} s); "
-        f"{d['epochs']} epochs ({', '.join(map(str, d['epoch_times_s']))} s), test accuracy {d['test_accuracy']:.4f}, "
-        f"{d['precision']}" + ("" if d["test_accuracy"] >= 0.99 else " (below 99.0%: no time to 99% to show)")
-    )
-    if results["gpu"] is None:
-        print("GPU section: skipped (no CUDA device)")
-    else:
-        print("GPU:", json.dumps(results["gpu"], indent=2))
-
-
 def machine() -> str:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            "unknown CPU",
-        )
-        if Path("/proc/cpuinfo").exists()
-        else "unknown CPU"
-    )
+    cpu = "unknown CPU"
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
 
@@ -187,125 +107,220 @@ def unpack_mnist(raw: Path, dest_root: Path) -> Path:
     return dest_root
 
 
-# 2 and 4: whole processes, wall clock from start to exit
-
-
 def warm_cache(root: Path) -> None:
     from dlrun.data import load_data
 
     load_data(dlrun_config("dataset=mnist", f"dataset.root={root}").dataset, seed=0, val_fraction=0.1)
 
 
-def time_dlrun_to_99(root: Path, run_dir: Path, *choices: str) -> dict:
-    choices = choices or ("model=cnn", "dataset=mnist")
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [str(BIN / "dlrun"), "train", *choices, f"dataset.root={root}", f"hydra.run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        cwd=run_dir.parent,
-    )
-    wall = time.perf_counter() - start
+# Whole processes: wall clock from start to exit, and the child's own CPU time from wait4
+
+
+def timed(cmd: list[str], cwd: Path) -> dict:
+    """Runs cmd to its end; its output goes to files beside cwd, so that a full pipe never stalls it."""
+    with open(cwd / "bench-stdout.txt", "w") as out, open(cwd / "bench-stderr.txt", "w") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout = (cwd / "bench-stdout.txt").read_text()
     if proc.returncode != 0:
-        sys.exit(f"bench: dlrun train failed:\n{proc.stdout}\n{proc.stderr}")
+        sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{stdout}\n{(cwd / 'bench-stderr.txt').read_text()}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
+
+
+def epoch_seconds(run_dir: Path) -> list[float]:
+    lines = (run_dir / "history.csv").read_text().splitlines()
+    column = lines[0].split(",").index("time_s")
+    return [float(line.split(",")[column]) for line in lines[1:]]
+
+
+def dlrun_run(run_dir: Path, choices, *extra: str) -> dict:
+    run_dir.mkdir(parents=True)
+    run = timed([str(BIN / "dlrun"), "train", *choices, *extra, f"hydra.run.dir={run_dir}"], run_dir.parent)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = (run_dir / "history.csv").read_text().splitlines()
-    header = history[0].split(",")
-    times = [float(line.split(",")[header.index("time_s")]) for line in history[1:]]
+    run.pop("stdout")
     return {
-        "command": f"dlrun train {' '.join(choices)}",
-        "wall_s": wall,
+        **run,
+        "command": " ".join(["dlrun train", *choices, *(e for e in extra if not e.startswith("dataset.root="))]),
+        "epoch_s": epoch_seconds(run_dir),
         "test_accuracy": metrics["test"]["accuracy"],
-        "epochs": len(times),
-        "epoch_times_s": times,
         "precision": metrics.get("precision", "?"),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
 
 
-RECIPE = textwrap.dedent("""
-    # pytorch/examples mnist/main.py, from its published description, on the CPU.
-    import sys, time
-    import torch, torch.nn as nn, torch.nn.functional as F
-    from torch.optim.lr_scheduler import StepLR
-    from torchvision import datasets, transforms
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3, 1)
-            self.conv2 = nn.Conv2d(32, 64, 3, 1)
-            self.dropout1 = nn.Dropout(0.25)
-            self.dropout2 = nn.Dropout(0.5)
-            self.fc1 = nn.Linear(9216, 128)
-            self.fc2 = nn.Linear(128, 10)
-
-        def forward(self, x):
-            x = F.relu(self.conv1(x))
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            x = torch.flatten(self.dropout1(x), 1)
-            x = self.dropout2(F.relu(self.fc1(x)))
-            return F.log_softmax(self.fc2(x), dim=1)
-
-    root, max_epochs = sys.argv[1], int(sys.argv[2])
-    torch.manual_seed(1)
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    train = torch.utils.data.DataLoader(datasets.MNIST(root, train=True, transform=transform), batch_size=64, shuffle=True)
-    test = torch.utils.data.DataLoader(datasets.MNIST(root, train=False, transform=transform), batch_size=1000)
-    model = Net()
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
-    scheduler = StepLR(optimizer, step_size=1, gamma=0.7)
-    for epoch in range(1, max_epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        for data, target in train:
-            optimizer.zero_grad()
-            F.nll_loss(model(data), target).backward()
-            optimizer.step()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for data, target in test:
-                correct += model(data).argmax(1).eq(target).sum().item()
-        scheduler.step()
-        accuracy = correct / len(test.dataset)
-        print(f"epoch {epoch} {time.perf_counter() - start:.3f} {accuracy:.4f}", flush=True)
-        if accuracy >= 0.99:
-            break
-""")
-
-
-def time_recipe_to_99(plain_root: Path, max_epochs: int) -> dict:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", RECIPE, str(plain_root), str(max_epochs)], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"bench: the pytorch/examples recipe failed:\n{proc.stderr}")
-    epochs = [line.split() for line in proc.stdout.splitlines() if line.startswith("epoch ")]
-    times, accs = [float(e[2]) for e in epochs], [float(e[3]) for e in epochs]
-    reached = accs[-1] >= 0.99
+def standard_run(plain_root: Path, model: str, epochs: int, cwd: Path) -> dict:
+    cmd = [sys.executable, str(STANDARD), str(plain_root), "--model", model, "--epochs", str(epochs)]
+    run = timed(cmd, cwd)
     return {
-        "wall_s": wall,
-        "time_to_99_s": wall if reached else None,
-        "epochs_to_99": len(accs) if reached else None,
-        "epochs_run": len(accs),
-        "epoch_cap": max_epochs,
-        "epoch_s_mean": statistics.mean(times),
-        "epoch_times_s": times,
-        "test_accuracy_per_epoch": accs,
+        **json.loads(run.pop("stdout").splitlines()[-1]),
+        **run,
+        "command": f"scripts/standard_mnist.py --model {model} --epochs {epochs}",
     }
 
 
-def time_command(cmd: list[str], cwd: Path, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(cmd, cwd=cwd, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def pair(dlrun_side, standard_side) -> dict:
+    """ROUNDS runs of each side, interleaved, so that a busy spell on a shared machine hits both."""
+    ours, theirs = [], []
+    for i in range(ROUNDS):
+        ours.append(dlrun_side(i))
+        theirs.append(standard_side(i))
+    return {"dlrun": summary(ours), "standard": summary(theirs)}
 
 
-# 1: one epoch in this process, the same training step over two data sources
+def summary(runs: list[dict]) -> dict:
+    return {
+        "wall_s": statistics.median(r["wall_s"] for r in runs),
+        "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+        "runs": runs,
+    }
+
+
+def cnn_section(root: Path, plain_root: Path, seeds: list[int], tmp: Path) -> dict:
+    section = pair(
+        lambda i: dlrun_run(tmp / f"cnn{i}", CNN_CHOICES, f"dataset.root={root}", f"seed={seeds[0]}"),
+        lambda i: standard_run(plain_root, "cnn", 1, tmp),
+    )
+    accuracies = {str(seeds[0]): [r["test_accuracy"] for r in section["dlrun"]["runs"]][0]}
+    for seed in seeds[1:]:
+        run = dlrun_run(tmp / f"cnn-seed{seed}", CNN_CHOICES, f"dataset.root={root}", f"seed={seed}")
+        accuracies[str(seed)] = run["test_accuracy"]
+        section.setdefault("other_seeds", []).append(run)
+    section["accuracy_by_seed"] = accuracies
+    return section
+
+
+def fixed_cost(tmp: Path) -> dict:
+    """A default run's time outside its epochs, less what importing torch alone takes (median of 3, interleaved)."""
+    runs, imports = [], []
+    for i in range(ROUNDS):
+        run = dlrun_run(tmp / f"digits{i}", ())
+        run["outside_epochs_s"] = run["wall_s"] - sum(run["epoch_s"])
+        runs.append(run)
+        imports.append(timed([sys.executable, "-c", "import torch"], tmp)["wall_s"])
+    outside = statistics.median(r["outside_epochs_s"] for r in runs)
+    torch_import = statistics.median(imports)
+    return {"fixed_s": outside - torch_import, "outside_epochs_s": outside, "import_torch_s": torch_import, "runs": runs}
+
+
+def sweep_overhead(tmp: Path, one_run_outside_epochs_s: float) -> dict:
+    sweep_dir = tmp / "sweep"
+    lrs = ",".join(f"{0.02 * (i + 1):g}" for i in range(SWEEP_JOBS))
+    cmd = [str(BIN / "dlrun"), "train", "-m", f"optimizer.lr={lrs}", "trainer.epochs=3", f"hydra.sweep.dir={sweep_dir}"]
+    run = timed(cmd, tmp)
+    histories = sorted(sweep_dir.rglob("history.csv"))
+    if len(histories) != SWEEP_JOBS:
+        sys.exit(f"bench: the sweep wrote {len(histories)} history.csv files, not {SWEEP_JOBS}, in {sweep_dir}")
+    epochs = sum(sum(epoch_seconds(h.parent)) for h in histories)
+    per_job = (run["wall_s"] - one_run_outside_epochs_s - epochs) / SWEEP_JOBS
+    return {
+        "command": " ".join(["dlrun train", *cmd[2:-1]]),
+        "wall_s": run["wall_s"],
+        "cpu_s": run["cpu_s"],
+        "epochs_s": epochs,
+        "per_job_overhead_s": per_job,
+    }
+
+
+def goal_rows(results: dict) -> list[dict]:
+    cnn, mlp, fixed, sweep = results["cnn"], results["mlp"], results["fixed_cost"], results["sweep"]
+    cnn_ratio = cnn["dlrun"]["wall_s"] / cnn["standard"]["wall_s"]
+    mlp_ratio = mlp["standard"]["wall_s"] / mlp["dlrun"]["wall_s"]
+    worst = min(cnn["accuracy_by_seed"].values())
+    peak = max(r["peak_rss_mb"] for r in cnn["dlrun"]["runs"] + cnn.get("other_seeds", []))
+    rows = [
+        goal_row(
+            "1. dlrun train model=cnn dataset=mnist vs 1 standard CNN epoch + test, whole process",
+            cnn,
+            f"{cnn_ratio:.2f}x (cpu {cnn['dlrun']['cpu_s'] / cnn['standard']['cpu_s']:.2f}x)",
+            "<= 0.5x and <= 10 s",
+            cnn_ratio <= 0.5 and cnn["dlrun"]["wall_s"] <= 10,
+        ),
+        goal_row(
+            f"1. its test accuracy, seeds {', '.join(cnn['accuracy_by_seed'])}",
+            None,
+            ", ".join(f"{a:.2%}" for a in cnn["accuracy_by_seed"].values()),
+            ">= 99.0% each",
+            worst >= 0.99,
+        ),
+        goal_row(
+            "2. 3 epochs of the 784-100-10 MLP, standard loop vs dlrun, whole process",
+            mlp,
+            f"{mlp_ratio:.2f}x (cpu {mlp['standard']['cpu_s'] / mlp['dlrun']['cpu_s']:.2f}x)",
+            ">= 4x",
+            mlp_ratio >= 4,
+        ),
+        goal_row(
+            "3. fixed cost: default dlrun train - its epochs - import torch",
+            None,
+            f"{fixed['fixed_s']:.2f} s",
+            "<= 1.0 s",
+            fixed["fixed_s"] <= 1.0,
+        ),
+        goal_row(
+            f"4. a sweep job's own overhead ({SWEEP_JOBS} digits jobs of 3 epochs, one process)",
+            None,
+            f"{sweep['per_job_overhead_s']:.2f} s",
+            "<= 0.3 s",
+            sweep["per_job_overhead_s"] <= 0.3,
+        ),
+    ]
+    for name, seconds in results["startup"].items():
+        limit = 0.5 if "help" in name else 1.5
+        rows.append(goal_row(f"5. start-up, {name}", None, f"{seconds:.2f} s", f"<= {limit} s", seconds <= limit))
+    rows.append(goal_row("5. peak RSS of the dlrun MNIST CNN runs", None, f"{peak:.0f} MB", "<= 1500 MB", peak <= 1500))
+    return rows
+
+
+def goal_row(name: str, pair_result: dict | None, figure: str, goal: str, met: bool) -> dict:
+    sides = {}
+    if pair_result is not None:
+        sides = {
+            side: f"{pair_result[side]['wall_s']:.1f} s (cpu {pair_result[side]['cpu_s']:.1f})" for side in ("dlrun", "standard")
+        }
+    return {"measure": name, **sides, "figure": figure, "goal": goal, "met": met}
+
+
+def print_report(results: dict) -> None:
+    print(f"\nmachine: {results['machine']}; {results['date']}; medians of {ROUNDS} interleaved runs")
+    print(f"{'measure':<86} {'dlrun':>17} {'standard':>17}  {'figure':<26} {'goal':<20} met")
+    for r in results["rows"]:
+        met = "met" if r["met"] else "NOT met"
+        print(f"{r['measure']:<86} {r.get('dlrun', ''):>17} {r.get('standard', ''):>17}  {r['figure']:<26} {r['goal']:<20} {met}")
+    cnn, fixed, sweep = results["cnn"], results["fixed_cost"], results["sweep"]
+    for name in ("cnn", "mlp"):
+        print()
+        for side in ("dlrun", "standard"):
+            print(describe_runs(results[name][side]["runs"]))
+    if cnn.get("other_seeds"):
+        print(describe_runs(cnn["other_seeds"]))
+    print(
+        f"\nfixed cost: default dlrun train {walls(fixed['runs'])} s, outside its epochs {fixed['outside_epochs_s']:.2f} s "
+        f"(median), import torch {fixed['import_torch_s']:.2f} s"
+    )
+    print(
+        f"sweep: {sweep['command']}: {sweep['wall_s']:.1f} s (cpu {sweep['cpu_s']:.1f}), "
+        f"its jobs' epochs {sweep['epochs_s']:.1f} s"
+    )
+    if results["gpu"] is None:
+        print("GPU section: skipped (no CUDA device)")
+    else:
+        print("GPU:", json.dumps(results["gpu"], indent=2))
+
+
+def walls(runs: list[dict]) -> str:
+    return ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+
+
+def describe_runs(runs: list[dict]) -> str:
+    precision = f" ({runs[0]['precision']})" if "precision" in runs[0] else ""
+    epochs = "; ".join(", ".join(f"{e:.2f}" for e in r["epoch_s"]) for r in runs)
+    accuracies = ", ".join(f"{r['test_accuracy']:.4f}" for r in runs)
+    return f"{runs[0]['command']}{precision}: walls {walls(runs)} s, epochs {epochs} s, test accuracy {accuracies}"
+
+
+# The GPU section: one epoch in this process, the same training step over two data sources
 
 
 def dlrun_config(*overrides: str):
@@ -347,47 +362,6 @@ def train_epoch(model, optimizer, batches, autocast=contextlib.nullcontext, warm
     for x, y in batches:
         step(x, y)
     return time.perf_counter() - start
-
-
-def epoch_times(root: Path, plain_root: Path) -> dict:
-    from torchvision import datasets, transforms
-
-    from dlrun.data import DeviceLoader, load_data
-    from dlrun.engine.precision import Precision
-
-    data = load_data(dlrun_config("dataset=mnist", f"dataset.root={root}").dataset, seed=0, val_fraction=1 / 60)
-    standard_set = datasets.MNIST(
-        str(plain_root),
-        train=True,
-        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)]),
-    )
-    standard = torch.utils.data.DataLoader(standard_set, batch_size=64, shuffle=True)
-    results = {}
-    for name in ("mlp", "cnn"):
-        images = name == "cnn"
-        auto = Precision("auto", torch.device("cpu"), build(name, data.in_shape, channels_last=False)[0])
-        model, opt = build(name, data.in_shape, channels_last=False)
-        t_standard = train_epoch(model, opt, standard)
-        model, opt = build(name, data.in_shape, channels_last=False)
-        t_fp32 = train_epoch(model, opt, DeviceLoader(data.train, 64, "cpu", data.mean, data.std, shuffle=True))
-        model, opt = build(name, data.in_shape, channels_last=images)
-        loader = DeviceLoader(
-            data.train, 64, "cpu", data.mean, data.std, shuffle=True, memory_format=torch.channels_last if images else None
-        )
-        t_defaults = train_epoch(model, opt, loader, auto.autocast)
-        results[name] = {
-            "standard": t_standard,
-            "dlrun_fp32": t_fp32,
-            "dlrun_defaults": t_defaults,
-            "defaults": f"{auto.name}{', channels_last' if images else ''}",
-            "samples": len(data.train),
-        }
-        print(
-            f"epoch {name}: standard {t_standard:.1f} s, dlrun fp32 {t_fp32:.1f} s, "
-            f"dlrun defaults ({results[name]['defaults']}) {t_defaults:.1f} s",
-            flush=True,
-        )
-    return results
 
 
 # 5: CUDA only
