@@ -56,3 +56,19 @@ def test_the_confusion_pictures_show_what_matplotlib_draws(normalized_too):
         # The same layout with other numbers (the frame is reused): other pixels.
         other = figures.confusion_pixels(cm.T, classes, "val epoch 3", normalized_too)
         assert np.abs(other.astype(int) - card.astype(int)).max(-1).mean() > 1
+
+
+def test_the_misclassified_grid_shows_what_matplotlib_draws():
+    from dlrun.observe import figures
+
+    rng = np.random.default_rng(0)
+    for channels, n in ((1, 32), (3, 5)):
+        images = rng.random((n, channels, 8, 8))
+        titles = [f"true {rng.integers(10)}\npred {rng.integers(10)}" for _ in range(n)]
+        drawn = figures.render(figures.image_grid_figure(images, titles))
+        grid = figures.image_grid_pixels(images, titles)
+        assert grid.shape == drawn.shape and grid.dtype == np.uint8
+        difference = np.abs(grid.astype(int) - drawn.astype(int)).max(-1)
+        assert (difference > 60).mean() < 0.02 and difference.mean() < 3
+        untitled = figures.image_grid_pixels(images, [""] * n)
+        assert np.abs(untitled.astype(int) - drawn.astype(int)).max(-1).mean() > difference.mean() + 0.5

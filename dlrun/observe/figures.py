@@ -308,6 +308,23 @@ def curves_figure(history: list[dict], metrics=("loss", "accuracy", "f1")):
 def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8):
     """Images (N, C, H, W) in [0, 1], each with a title above it, tiled into one picture: one axes
     for all of them draws several times faster than one axes each."""
+    grid = _image_grid(images, columns)
+    canvas, inch = grid["canvas"], grid["inch"]
+    fig = Figure(figsize=(canvas.shape[1] * inch, canvas.shape[0] * inch))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for title, (x, y) in zip(titles, grid["title_at"]):
+        ax.text(x, y, title, ha="center", va="bottom", fontsize=GRID_TITLE_PT)
+    return fig
+
+
+GRID_TITLE_PT = 7
+
+
+def _image_grid(images: np.ndarray, columns: int) -> dict:
+    """The tiles of image_grid_figure on one canvas in [0, 1], its scale (inches a canvas pixel) and where each
+    title's bottom centre goes, in canvas pixels."""
     n, channels, h, w = images.shape
     columns = min(columns, n)
     rows = max(1, -(-n // columns))
@@ -316,18 +333,37 @@ def image_grid_figure(images: np.ndarray, titles: list[str], columns: int = 8):
     title_h = int(np.ceil(0.4 / inch))  # two lines of 7-point text
     cell_h = h + title_h
     canvas = np.ones((rows * cell_h, columns * cell_w, 3))
+    title_at = []
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         top, left = r * cell_h + title_h, c * cell_w + (cell_w - w) // 2
         canvas[top : top + h, left : left + w] = image.transpose(1, 2, 0) if channels == 3 else image[0][..., None]
-    fig = Figure(figsize=(canvas.shape[1] * inch, canvas.shape[0] * inch))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(canvas, vmin=0, vmax=1, interpolation="nearest")
-    ax.axis("off")
-    for i, title in enumerate(titles[:n]):
-        r, c = divmod(i, columns)
-        ax.text((c + 0.5) * cell_w, r * cell_h + title_h - 0.5, title, ha="center", va="bottom", fontsize=7)
-    return fig
+        title_at.append(((c + 0.5) * cell_w, r * cell_h + title_h - 0.5))
+    return {"canvas": canvas, "inch": inch, "title_at": title_at}
+
+
+def image_grid_pixels(images: np.ndarray, titles: list[str], columns: int = 8) -> np.ndarray:
+    """The picture of image_grid_figure as (H, W, 3) uint8 RGB, without matplotlib's text layout (a tenth of a
+    second for 32 titles): the canvas scaled as imshow scales it, each title's lines pasted from Agg's glyphs."""
+    grid = _image_grid(images, columns)
+    canvas, inch = grid["canvas"], grid["inch"]
+    height, width = (int(side * inch * DPI) for side in canvas.shape[:2])
+    scale_y, scale_x = height / canvas.shape[0], width / canvas.shape[1]
+    rows_at = np.minimum(((np.arange(height) + 0.5) / scale_y).astype(int), canvas.shape[0] - 1)
+    cols_at = np.minimum(((np.arange(width) + 0.5) / scale_x).astype(int), canvas.shape[1] - 1)
+    picture = (canvas[rows_at[:, None], cols_at[None, :]] * 255).astype(np.uint8)  # imshow's float-to-byte
+    _, line_h, descent = _text_box("lp", GRID_TITLE_PT)
+    for title, (x, y) in zip(titles, grid["title_at"]):
+        lines = title.split("\n")
+        baseline = (y + 0.5) * scale_y - descent  # va="bottom": the last line's descent ends at y
+        for k, line in enumerate(reversed(lines)):
+            at = (baseline - k * LINE_SPACING * line_h, (x + 0.5) * scale_x)
+            _paste_text(picture, line, GRID_TITLE_PT, 0, at, centred=False)
+    return picture
+
+
+# matplotlib's Text linespacing: baselines this many line heights apart.
+LINE_SPACING = 1.2
 
 
 def _highlighted(curves: dict) -> tuple[list[str], str]:

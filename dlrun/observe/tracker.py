@@ -126,7 +126,7 @@ class Tracker:
             if len(images) >= wanted:
                 break
         if images:
-            grid = figures.render(figures.image_grid_figure(np.stack(images), titles))
+            grid = figures.image_grid_pixels(np.stack(images), titles)
             self.writer.add_image("test/misclassified", grid, epoch, dataformats="HWC")
 
     def log_boundary(self, model, data, epoch: int, final: bool = False) -> None:
