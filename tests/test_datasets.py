@@ -212,9 +212,15 @@ def test_dlrun_data_dir_sets_every_datasets_default_root(tmp_path, monkeypatch):
 
 
 def test_each_dataset_sets_the_default_epochs():
-    assert compose_config("dataset=mnist").trainer.epochs == 2
+    assert compose_config("dataset=mnist").trainer.epochs == 3
     assert compose_config("dataset=digits").trainer.epochs == 20
     assert compose_config("dataset=mnist", "trainer.epochs=7").trainer.epochs == 7
+
+
+def test_a_dataset_may_set_the_cosine_warm_up():
+    assert compose_config("dataset=mnist").scheduler.fn.warmup_epochs == 0.2
+    assert compose_config("dataset=digits").scheduler.fn.warmup_epochs == 1.0
+    assert compose_config("dataset=mnist", "scheduler.fn.warmup_epochs=0.5").scheduler.fn.warmup_epochs == 0.5
 
 
 # Image folders
