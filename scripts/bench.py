@@ -293,8 +293,8 @@ def print_report(results: dict) -> None:
         print()
         for side in ("dlrun", "standard"):
             print(describe_runs(results[name][side]["runs"]))
-    if cnn.get("other_seeds"):
-        print(describe_runs(cnn["other_seeds"]))
+    for run in cnn.get("other_seeds", []):
+        print(describe_runs([run]))
     print(
         f"\nfixed cost: default dlrun train {walls(fixed['runs'])} s, outside its epochs {fixed['outside_epochs_s']:.2f} s "
         f"(median), import torch {fixed['import_torch_s']:.2f} s"
