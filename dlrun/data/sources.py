@@ -141,7 +141,15 @@ def _load_csv(cfg, seed: int, val_fraction: float, task: str | None) -> Data:
     train, val, test = (Split(*table.parts[name]) for name in ("train", "val", "test"))
     in_shape = (len(table.features),)
     return Data(
-        train, val, test, table.classes, table.mean, table.std, in_shape, task=table.task, target_scale=table.target_scale,
+        train,
+        val,
+        test,
+        table.classes,
+        table.mean,
+        table.std,
+        in_shape,
+        task=table.task,
+        target_scale=table.target_scale,
         features=tuple(table.features),
     )
 
