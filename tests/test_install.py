@@ -38,33 +38,20 @@ def test_wheel_ships_configs_and_runs_from_anywhere(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = "import dlrun, sys; sys.stdout.write(dlrun.__file__)"
-    where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
-    assert where.stdout.startswith(str(target)), where.stdout + where.stderr
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "dlrun", "train", "--cfg", "job", "model=cnn", "optimizer=adam"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    def python(*args: str) -> subprocess.CompletedProcess:
+        """Python from a folder outside the source tree, seeing only the installed files."""
+        return subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+
+    for module in ("dlrun", "hydra_plugins.dlrun_optuna_sweeper"):  # the sweeper is found by Hydra's plugin discovery
+        where = python("-c", f"import {module} as m, sys; sys.stdout.write(m.__file__)")
+        assert where.stdout.startswith(str(target)), where.stdout + where.stderr
+
+    proc = python("-m", "dlrun", "train", "--cfg", "job", "model=cnn", "optimizer=adam")
     assert proc.returncode == 0, proc.stderr
     assert "_target_: dlrun.model.CNN" in proc.stdout
     assert "_target_: torch.optim.Adam" in proc.stdout
 
-    # Hydra finds the shipped sweeper by its plugin discovery, from the installed files alone
-    code = "import hydra_plugins.dlrun_optuna_sweeper as p, sys; sys.stdout.write(p.__file__)"
-    where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
-    assert where.stdout.startswith(str(target)), where.stdout + where.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "dlrun", "train", "hparams_search=optuna", "--cfg", "hydra"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = python("-m", "dlrun", "train", "hparams_search=optuna", "--cfg", "hydra")
     assert proc.returncode == 0, proc.stderr
     assert "_target_: hydra_plugins.dlrun_optuna_sweeper.sweeper.DlrunOptunaSweeper" in proc.stdout
