@@ -3,9 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+import dlrun
 
 # Each costs about a second of import on every run that does not need it: torchmetrics (dlrun computes its
 # scores itself), scipy.signal (through torchmetrics), torchvision (only its datasets and models need it) and
@@ -13,6 +16,9 @@ import pytest
 NOT_FOR_DIGITS = ["torchmetrics", "scipy.signal", "torchvision", "sklearn"]
 # torch.distributed's elastic launcher starts the ranks of trainer.devices=N; one process does without it.
 NOT_FOR_DIGITS += ["torch.distributed.elastic.multiprocessing", "torch.distributed.launcher.api"]
+# torch._dynamo and sympy (1.5 s): torch.optim's wrappers import them on the first step (dlrun.engine.eager),
+# and so do the meta device's kernels (the dry build runs a small model on the CPU) and add_graph's self-check.
+NOT_FOR_DIGITS += ["torch._dynamo", "sympy"]
 
 
 def test_a_default_run_does_not_import_what_it_does_not_use(tmp_path):
@@ -72,3 +78,47 @@ def test_the_misclassified_grid_shows_what_matplotlib_draws():
         assert (difference > 60).mean() < 0.02 and difference.mean() < 3
         untitled = figures.image_grid_pixels(images, [""] * n)
         assert np.abs(untitled.astype(int) - drawn.astype(int)).max(-1).mean() > difference.mean() + 0.5
+
+
+OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]
+
+
+def test_optimizers_step_the_same_before_and_after_torch_dynamo_is_imported(tmp_path):
+    """dlrun.engine.eager calls torch.optim's plain methods while torch._dynamo is not loaded, and torch's own
+    wrappers once it is: every shipped optimizer, its state_dict round trip and an lr schedule give the same
+    weights either way, to the bit."""
+    code = f"""
+import json, sys, torch
+from omegaconf import OmegaConf
+from dlrun.engine.optim import build_optimizer
+
+def train(name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    cfg = OmegaConf.load(f"{{sys.argv[1]}}/{{name}}.yaml")
+    cfg.lr = 0.05
+    opt = build_optimizer(cfg, list(model.parameters()))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + t))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for step in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sched.step()
+        if step == 2:
+            opt.load_state_dict(opt.state_dict())
+    return [p.detach().double().flatten().tolist() for p in model.parameters()]
+
+names = {OPTIMIZERS!r}
+before = [train(n) for n in names]
+plain = "torch._dynamo" not in sys.modules
+import torch._dynamo
+after = [train(n) for n in names]
+print(json.dumps({{"plain": plain, "same": [b == a for b, a in zip(before, after)]}}))
+"""
+    configs = Path(dlrun.__file__).parent / "configs" / "optimizer"
+    out = subprocess.run([sys.executable, "-c", code, str(configs)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["plain"], "the first steps imported torch._dynamo"
+    assert result["same"] == [True] * len(OPTIMIZERS)

@@ -219,6 +219,23 @@ def test_custom_scalars_chart_each_split_of_each_metric_on_its_own(run):
         assert len([t for t in tags if re.search(pattern, t)]) <= 1, f"{pattern} matches one tag at most"
 
 
+def test_the_graph_tab_holds_the_model_as_add_graph_draws_it(run, tmp_path):
+    """dlrun traces once (add_graph's self-check would run the model twice more and import sympy): the
+    Graphs tab still gets the very graph SummaryWriter.add_graph writes for the same model."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard._pytorch_graph import GraphDef
+
+    written = GraphDef.FromString(events(run.dir).Graph().SerializeToString())
+    cfg, best = OmegaConf.load(run.dir / ".hydra" / "config.yaml"), checkpoint.load(run.dir / "best.pt")
+    model = instantiate(cfg.model, in_shape=tuple(best["in_shape"]), num_classes=len(best["classes"])).eval()
+    with SummaryWriter(tmp_path) as writer:
+        writer.add_graph(model, torch.zeros(1, *best["in_shape"]))
+    expected = EventAccumulator(str(tmp_path))
+    expected.Reload()
+    assert [(n.name, n.op) for n in written.node] == [(n.name, n.op) for n in expected.Graph().node]
+    assert any(n.op.startswith("aten::linear") or n.op == "aten::addmm" or "conv" in n.op for n in written.node)
+
+
 def test_confusion_matrix_images(run):
     acc = events(run.dir)
     val = acc.Images("val/confusion_matrix")

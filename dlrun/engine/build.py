@@ -1,8 +1,8 @@
 """What a run trains, built from the config in one place: the model and its initialisation, the
 optimizer and the losses. The real run, `dlrun eval` and the dry check before a run all use it.
 
-The dry check builds the same things on PyTorch's meta device, which computes shapes without memory
-or arithmetic (a ResNet at 224 costs milliseconds), so that a model that cannot take the data, an
+The dry check builds the model on PyTorch's meta device, which costs no memory or arithmetic, then runs
+it on a batch of 2 in zero-filled CPU memory (on the meta device for a large model), so that a model that cannot take the data, an
 initializer that fails on it or an optimizer argument that is wrong stops the run before any data is read."""
 
 import contextlib
@@ -138,6 +138,10 @@ def _check_monitors(trainer, task: str) -> None:
             raise ConfigError(key, value, f"is not a {task} metric: one of {', '.join(f'{split}/{m}' for m in names)}")
 
 
+# Up to this many parameters (100 MB in fp32) the dry build allocates the model on the CPU; above it, on meta.
+DRY_BUILD_CPU_PARAMETERS = 25_000_000
+
+
 class _CannotJudge(Exception):
     """The meta device cannot run this model (it reads values, say): the real build will judge it."""
 
@@ -172,10 +176,10 @@ def check_build(values: dict, in_shape, num_classes: int) -> None:
         check_arguments("initializer.fn", fn_cfg.get("_target_"), fn_cfg, supplied=("tensor",), skip_first=True)
     check_arguments("optimizer", opt_cfg.get("_target_"), opt_cfg, supplied=("params",))
     try:
-        with torch.device("meta"):
-            with _judged("model", target, f"cannot be built for {size} inputs"):
-                model = make_model(model_cfg, in_shape, outputs, num_classes=num_classes)
-            with _judged("model", target, f"cannot take {size} inputs"):
+        with _judged("model", target, f"cannot be built for {size} inputs"):
+            model, device = _dry_model(lambda: make_model(model_cfg, in_shape, outputs, num_classes=num_classes))
+        with torch.device(device):
+            with _judged("model", target, f"cannot take {size} inputs"), torch.no_grad():
                 out = model(torch.zeros(2, *in_shape))
             if tuple(getattr(out, "shape", ())) != (2, outputs):
                 raise ConfigError(
@@ -190,6 +194,17 @@ def check_build(values: dict, in_shape, num_classes: int) -> None:
                 make_optimizer(opt_cfg, model)
     except _CannotJudge:
         return
+
+
+def _dry_model(make: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+    """The dry build's model and where it runs: built on the meta device, which costs no memory; a small one
+    is built again on the CPU. The meta device's kernels are Python decompositions whose first call imports
+    torch._dynamo (about 1.5 s), while a small model's forward pass on a batch of 2 costs milliseconds."""
+    with torch.device("meta"):
+        model = make()
+    if sum(p.numel() for p in model.parameters()) > DRY_BUILD_CPU_PARAMETERS:
+        return model, "meta"
+    return make(), "cpu"
 
 
 def _size(in_shape) -> str:

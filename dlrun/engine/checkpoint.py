@@ -43,6 +43,7 @@ class Damaged(DlrunError):
 
 
 def save(path: Path, model, optimizer, epoch: int, cfg, data, **extra) -> None:
+    """`cfg`: the run's config, or its YAML already made (a run makes it once: dumping it costs 20 ms a save)."""
     if not ranks.is_main():  # in a multi-process run, rank 0 alone writes (all ranks hold the same weights)
         return
     state = {
@@ -50,7 +51,7 @@ def save(path: Path, model, optimizer, epoch: int, cfg, data, **extra) -> None:
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "config": OmegaConf.to_yaml(cfg),
+        "config": cfg if isinstance(cfg, str) else OmegaConf.to_yaml(cfg),
         "classes": list(data.classes),
         "in_shape": list(data.in_shape),
         "mean": list(data.mean),

@@ -13,11 +13,13 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.text import show_value
+from dlrun.engine.eager import use_plain_optimizers
 from dlrun.model.losses import OneOutput, task_of
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     """The `optimizer` group's partial, given the trainable parameters; torch's own checks become one line."""
+    use_plain_optimizers()
     try:
         return instantiate(cfg)(params=params)
     except (ValueError, TypeError) as err:  # "Invalid learning rate", "Nesterov momentum requires ...", a bad key

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from dlrun.core.errors import DlrunError
 from dlrun.core.faultpoints import kill_point
@@ -64,6 +65,7 @@ class Parts:
     stopper: EarlyStopping
     train_metrics: torch.nn.Module
     eval_metrics: torch.nn.Module
+    config_yaml: str  # what every checkpoint stores of the config
 
     @property
     def generators(self) -> list[torch.Generator]:
@@ -125,6 +127,7 @@ def build_parts(cfg, device: torch.device) -> Parts:
         stopper=EarlyStopping(trainer.early_stopping),
         train_metrics=task_metrics(data.task, data.num_classes, data.target_scale).to(device),
         eval_metrics=task_metrics(data.task, data.num_classes, data.target_scale).to(device),
+        config_yaml=OmegaConf.to_yaml(cfg),
     )
 
 
@@ -280,9 +283,10 @@ def close_tracker(tracker: Tracker, status: str) -> None:
 
 def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, console: Console, ctx: RunContext) -> None:
     """Train and evaluate epoch by epoch from state.start_epoch, saving best.pt and last.pt as it goes."""
-    trainer, (train_loader, val_loader, _) = cfg.trainer, parts.loaders
-    trial = search.TrialReport(cfg.get("search"), trainer.epochs, parts.device)  # a no-op outside an Optuna search
-    for epoch in range(state.start_epoch, trainer.epochs + 1):
+    (train_loader, val_loader, _), epochs = parts.loaders, cfg.trainer.epochs
+    monitor = cfg.trainer.monitor  # read once: each read resolves its interpolation again (about 1 ms)
+    trial = search.TrialReport(cfg.get("search"), epochs, parts.device)  # a no-op outside an Optuna search
+    for epoch in range(state.start_epoch, epochs + 1):
         state.epoch, start = epoch, time.time()
         console.start_epoch(epoch, len(train_loader))
         train_stats = train_one_epoch(
@@ -300,21 +304,23 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
         row = epoch_row(epoch, train_stats, val_stats, parts.built.optimizer, start)
         if not math.isfinite(row["val/loss"]):
             raise faults.Diverged(state.step, epoch, row["val/loss"], state.last_finite, what="val loss")
-        improved = state.improves(row[trainer.monitor])
+        improved = state.improves(row[monitor])
         stop = parts.stopper.update(row)
         parts.schedule.after_epoch(row)
         if improved:
-            state.best_value, state.best_epoch = row[trainer.monitor], epoch
-            checkpoint.save(ctx.run_dir / "best.pt", parts.built.model, parts.built.optimizer, epoch, cfg, parts.data)
+            state.best_value, state.best_epoch = row[monitor], epoch
+            checkpoint.save(
+                ctx.run_dir / "best.pt", parts.built.model, parts.built.optimizer, epoch, parts.config_yaml, parts.data
+            )
             kill_point("best_saved")
         # last.pt is the commit point of the epoch: everything the epoch shows (its curves, images and
         # history.csv row) is on disk before it. A kill before it reruns the epoch from the last commit, and
         # the resumed tracker writes only what the killed attempt did not: each entry appears once.
-        log_epoch(tracker, parts, state, row, improved, trainer.monitor)
+        log_epoch(tracker, parts, state, row, improved, monitor)
         save_last(cfg, parts, state, tracker, ctx, epoch=epoch, history=list(tracker.history), stop=stop)
         kill_point("last_saved")
-        console.epoch_row(row, trainer.epochs, improved)
-        trial.after_epoch(epoch, row[trainer.monitor])  # raises search.Pruned once the study's pruner says stop
+        console.epoch_row(row, epochs, improved)
+        trial.after_epoch(epoch, row[monitor])  # raises search.Pruned once the study's pruner says stop
         if steps.signals is not None:
             steps.signals.check(state.step, epoch)
         if stop:
@@ -359,7 +365,7 @@ def save_last(
         parts.built.model,
         parts.built.optimizer,
         epoch,
-        cfg,
+        parts.config_yaml,
         parts.data,
         stopped=stop,
         overrides=list(ctx.overrides),

@@ -26,6 +26,19 @@ from dlrun.observe.tables import classification_report, markdown_table, write_co
 log = logging.getLogger(__name__)
 
 
+def graph_def(model, example: torch.Tensor):
+    """The model's graph for TensorBoard's Graphs tab, as SummaryWriter.add_graph makes it, from one trace.
+    add_graph's trace also checks itself by running the model again and comparing with torch.testing, whose
+    first use imports torch.distributed.tensor and sympy (about 0.8 s); the graph is the same without it."""
+    from torch.utils.tensorboard import _pytorch_graph as tb_graph
+
+    trace = torch.jit.trace(model, example, check_trace=False)
+    torch._C._jit_pass_inline(trace.graph)
+    nodes = tb_graph.parse(trace.graph, trace, example)
+    stats = tb_graph.RunMetadata(step_stats=tb_graph.StepStats(dev_stats=[tb_graph.DeviceStepStats(device="/device:CPU:0")]))
+    return tb_graph.GraphDef(node=nodes, versions=tb_graph.VersionDef(producer=22)), stats
+
+
 class Tracker:
     def __init__(self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None, overrides: list[str] = ()):
         """`resume`: last.pt's state when continuing a run (its history, step and wall time so far);
@@ -84,7 +97,7 @@ class Tracker:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, on every run
-                self.writer.add_graph(model, example)
+                self.writer._get_file_writer().add_graph(graph_def(model, example))
         except Exception as err:  # some models cannot be traced; the run goes on without the graph
             log.warning("model graph not written to TensorBoard: %s", str(err).splitlines()[0] if str(err) else err)
         finally:
