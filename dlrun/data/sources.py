@@ -372,8 +372,8 @@ MNIST_FILES = [
 
 
 def _load_idx_set(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
-    """MNIST, FashionMNIST or KMNIST through torchvision: root/<class_name>/raw holds the IDX files, plain or .gz."""
-    cls = getattr(_torchvision_datasets(), class_name)
+    """MNIST, FashionMNIST or KMNIST through torchvision: root/<class_name>/raw holds the IDX files, plain or .gz.
+    torchvision is imported only to download or decode them: a run from the cache does without its import."""
     root = _check_root(cfg.root)
     raw = root / class_name / "raw"
 
@@ -381,15 +381,18 @@ def _load_idx_set(cfg, class_name: str) -> tuple[Split, Split, list[str]]:
         return [name for name in MNIST_FILES if not (raw / name).is_file() and not (raw / f"{name}.gz").is_file()]
 
     if missing() and cfg.download:
-        _download(cls, root)
+        _download(getattr(_torchvision_datasets(), class_name), root)
     if missing():
         raise DataError(
             f"dataset.root={cfg.root}: {class_name} files not found; expected {', '.join(missing())} (plain or .gz) "
             f"in {raw}{'' if cfg.download else ' (download is off: dataset.download=false)'}"
         )
     sources = [raw / name if (raw / name).is_file() else raw / f"{name}.gz" for name in MNIST_FILES]
-    blob = _cached(raw.parent, sources, lambda: _decode_idx(cls, raw, sources, cfg.root))
-    classes = [str(i) for i in range(10)] if class_name == "MNIST" else list(cls.classes)
+    blob = _cached(raw.parent, sources, lambda: _decode_idx(getattr(_torchvision_datasets(), class_name), raw, sources, cfg.root))
+    if class_name == "MNIST":
+        classes = [str(i) for i in range(10)]
+    else:  # a cache written by an earlier dlrun lacks the names
+        classes = blob.get("classes") or list(getattr(_torchvision_datasets(), class_name).classes)
     return Split(blob["train_x"], blob["train_y"]), Split(blob["test_x"], blob["test_y"]), classes
 
 
@@ -416,7 +419,7 @@ def _decode_idx(cls, raw: Path, sources: list[Path], root_option) -> dict:
                 raise DataError(f"dataset.root={root_option}: {cls.__name__} {stem} images and labels differ in length")
             blob[f"{'train' if train else 'test'}_x"] = ds.data.unsqueeze(1).contiguous()
             blob[f"{'train' if train else 'test'}_y"] = ds.targets.long()
-        return blob
+        return {**blob, "classes": list(cls.classes)}
 
 
 def _download(dataset_cls, root: Path) -> None:

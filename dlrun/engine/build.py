@@ -1,9 +1,9 @@
 """What a run trains, built from the config in one place: the model and its initialisation, the
 optimizer and the losses. The real run, `dlrun eval` and the dry check before a run all use it.
 
-The dry check builds the model on PyTorch's meta device, which costs no memory or arithmetic, then runs
-it on a batch of 2 in zero-filled CPU memory (on the meta device for a large model), so that a model that cannot take the data, an
-initializer that fails on it or an optimizer argument that is wrong stops the run before any data is read."""
+The dry check builds the same things (on the meta device, or on the CPU: check_build says when) and pushes
+a batch of 2 through the model, so that a model that cannot take the data, an initializer that fails on it
+or an optimizer argument that is wrong stops the run before any data is read."""
 
 import contextlib
 import inspect
@@ -22,6 +22,7 @@ from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.nested import lookup
 from dlrun.core.text import show_value
 from dlrun.data import known_shape, known_task
+from dlrun.engine.eager import dynamo_loaded
 from dlrun.engine.optim import build_loss, build_optimizer, check_class_lists
 from dlrun.model.initializers import initialize
 from dlrun.model.losses import eval_loss, task_of
@@ -138,10 +139,6 @@ def _check_monitors(trainer, task: str) -> None:
             raise ConfigError(key, value, f"is not a {task} metric: one of {', '.join(f'{split}/{m}' for m in names)}")
 
 
-# Up to this many parameters (100 MB in fp32) the dry build allocates the model on the CPU; above it, on meta.
-DRY_BUILD_CPU_PARAMETERS = 25_000_000
-
-
 class _CannotJudge(Exception):
     """The meta device cannot run this model (it reads values, say): the real build will judge it."""
 
@@ -162,7 +159,10 @@ def _judged(key: str, target, what: str):
 
 
 def check_build(values: dict, in_shape, num_classes: int) -> None:
-    """Build the model, initializer and optimizer on the meta device and push a batch of 2 through the model."""
+    """Build the model, initializer and optimizer and push a batch of 2 through the model: on the meta device,
+    which costs no memory or arithmetic, once torch._dynamo is loaded (torchvision loads it), for the meta
+    device's kernels are Python decompositions whose first use imports it (about 1.5 s); otherwise on the CPU,
+    where the models a CPU trains take milliseconds, and the real build allocates as much right after."""
     outputs = model_outputs(values, num_classes)
     model_cfg = dict(values["model"])
     if "weights" in model_cfg:
@@ -176,9 +176,9 @@ def check_build(values: dict, in_shape, num_classes: int) -> None:
         check_arguments("initializer.fn", fn_cfg.get("_target_"), fn_cfg, supplied=("tensor",), skip_first=True)
     check_arguments("optimizer", opt_cfg.get("_target_"), opt_cfg, supplied=("params",))
     try:
-        with _judged("model", target, f"cannot be built for {size} inputs"):
-            model, device = _dry_model(lambda: make_model(model_cfg, in_shape, outputs, num_classes=num_classes))
-        with torch.device(device):
+        with torch.device("meta" if dynamo_loaded() else "cpu"):
+            with _judged("model", target, f"cannot be built for {size} inputs"):
+                model = make_model(model_cfg, in_shape, outputs, num_classes=num_classes)
             with _judged("model", target, f"cannot take {size} inputs"), torch.no_grad():
                 out = model(torch.zeros(2, *in_shape))
             if tuple(getattr(out, "shape", ())) != (2, outputs):
@@ -194,17 +194,6 @@ def check_build(values: dict, in_shape, num_classes: int) -> None:
                 make_optimizer(opt_cfg, model)
     except _CannotJudge:
         return
-
-
-def _dry_model(make: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
-    """The dry build's model and where it runs: built on the meta device, which costs no memory; a small one
-    is built again on the CPU. The meta device's kernels are Python decompositions whose first call imports
-    torch._dynamo (about 1.5 s), while a small model's forward pass on a batch of 2 costs milliseconds."""
-    with torch.device("meta"):
-        model = make()
-    if sum(p.numel() for p in model.parameters()) > DRY_BUILD_CPU_PARAMETERS:
-        return model, "meta"
-    return make(), "cpu"
 
 
 def _size(in_shape) -> str:

@@ -17,14 +17,14 @@ _DISABLE_DYNAMO = torch._disable_dynamo(lambda: None).__code__  # torch's lazy `
 _USE_GRAD = torch_optimizer._use_grad_for_differentiable(lambda self: None).__code__  # every step's wrapper
 
 
-def _dynamo_loaded() -> bool:
+def dynamo_loaded() -> bool:
     return "torch._dynamo" in sys.modules
 
 
 def _plain_until_dynamo(wrapped, plain):
     @functools.wraps(plain)
     def method(*args, **kwargs):
-        return wrapped(*args, **kwargs) if _dynamo_loaded() else plain(*args, **kwargs)
+        return wrapped(*args, **kwargs) if dynamo_loaded() else plain(*args, **kwargs)
 
     method.dlrun_wrapped = wrapped
     return method
@@ -52,7 +52,7 @@ def _optimizer_classes() -> list[type]:
 
 def use_plain_optimizers() -> None:
     """Swap torch's dynamo wrappers on every optimizer class defined so far; a second call changes nothing."""
-    if _dynamo_loaded():
+    if dynamo_loaded():
         return
     for cls in _optimizer_classes():
         for name, value in list(vars(cls).items()):
