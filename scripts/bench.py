@@ -45,7 +45,8 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 ROUNDS = 3
 SWEEP_JOBS = 10
 CNN_CHOICES = ("model=cnn", "dataset=mnist")
-MLP_CHOICES = ("model=mlp_100", "dataset=mnist", "trainer.epochs=3", "optimizer.lr=0.01", "scheduler=none")
+MLP_CHOICES = ("model=mlp_100", "dataset=mnist", "trainer.epochs=3", "trainer.batch_size=64", "scheduler=none")
+MLP_CHOICES += ("optimizer.lr=0.01", "optimizer.momentum=0", "optimizer.nesterov=false")  # plain SGD, not MNIST's recipe
 
 
 def main() -> None:

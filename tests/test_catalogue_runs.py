@@ -204,7 +204,7 @@ def test_a_catalogue_run_through_the_entry_point_logs_its_model_and_initializer(
     log = (run_dir / "train.log").read_text()
     assert (
         "initializer: dlrun.model.initializers.kaiming_normal_(nonlinearity=relu, mode=fan_in), biases zeroed; "
-        "applied to: features.0.0 (Conv2d (8, 1, 5, 5)), features.1.0 (Conv2d (16, 8, 5, 5)), "
+        "applied to: features.0.0 (Conv2d (8, 1, 5, 5)), features.1.0 (Conv2d (16, 8, 3, 3)), "
         "head.1 (Linear (128, 64)), head.4 (Linear (10, 128))"
     ) in log
     assert metrics["status"] == "completed" and metrics["test"]["accuracy"] > 0.5

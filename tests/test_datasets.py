@@ -212,7 +212,7 @@ def test_dlrun_data_dir_sets_every_datasets_default_root(tmp_path, monkeypatch):
 
 
 def test_each_dataset_sets_the_default_epochs():
-    assert compose_config("dataset=mnist").trainer.epochs == 3
+    assert compose_config("dataset=mnist").trainer.epochs == 2
     assert compose_config("dataset=digits").trainer.epochs == 20
     assert compose_config("dataset=mnist", "trainer.epochs=7").trainer.epochs == 7
 

@@ -116,6 +116,7 @@ def test_cnn_checks_its_lists_and_the_shrinking_feature_map():
         "model=cnn",
         "model.channels=[4,4,4,4,4]",
         "model.kernel_size=3",
+        "model.first_kernel_size=null",
         "model.stride=1",
         "model.pooling=max",
         "model.padding=0",

@@ -122,3 +122,31 @@ print(json.dumps({{"plain": plain, "same": [b == a for b, a in zip(before, after
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["plain"], "the first steps imported torch._dynamo"
     assert result["same"] == [True] * len(OPTIMIZERS)
+
+
+def test_a_cnn_on_cached_mnist_imports_neither_torchvision_nor_torch_dynamo(tmp_path):
+    """torchvision decodes the IDX files once; after that the decoded cache is all a run reads, and torchvision's
+    import (which pulls in torch._dynamo, about 1.5 s) is left out, as is the meta device's for the dry build."""
+    from test_mnist import mnist_config, write_mnist
+
+    from dlrun.data import load_data
+
+    write_mnist(tmp_path / "data", gz=True)
+    load_data(mnist_config(tmp_path / "data"), seed=0, val_fraction=0.1)  # decodes and writes the cache
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model=cnn",
+        "dataset=mnist",
+        f"dataset.root={tmp_path / 'data'}",
+        "trainer.epochs=1",
+        f"hydra.run.dir={run_dir}",
+    ]
+    code = (
+        "import json, sys, dlrun\n"
+        f"dlrun.train({overrides!r})\n"
+        "print(json.dumps([m for m in ('torchvision', 'torch._dynamo', 'sympy') if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"

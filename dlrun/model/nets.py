@@ -124,7 +124,7 @@ class CNN(nn.Module):
     """Conv blocks, each conv -> [batch norm] -> activation -> [pool] -> [dropout], then a linear head.
 
     kernel_size, stride, padding, pooling, batch_norm, dropout and activation take one value for all blocks
-    or a list with one entry per block. The head's input size comes from a dry forward pass."""
+    or a list with one entry per block; first_kernel_size, when set, replaces the first block's kernel size. The head's input size comes from a dry forward pass."""
 
     def __init__(
         self,
@@ -132,6 +132,7 @@ class CNN(nn.Module):
         num_classes: int,
         channels: Sequence[int] = (32, 64),
         kernel_size: int | Sequence[int] = 3,
+        first_kernel_size: int | None = None,
         stride: int | Sequence[int] = 1,
         padding: int | None | Sequence[int | None] = None,
         pooling: str | Sequence[str] = "max",
@@ -158,6 +159,8 @@ class CNN(nn.Module):
                 activation=activation,
             ).items()
         }
+        if first_kernel_size is not None:  # a wider view of the raw pixels, where one input channel makes it cheap
+            per["kernel_size"] = [first_kernel_size, *per["kernel_size"][1:]]
         blocks: list[nn.Module] = []
         c_in = in_shape[0]
         for i, c_out in enumerate(int(c) for c in channels):

@@ -422,9 +422,7 @@ def _legend_below(fig: Figure, ax, title: str = "", loc: str = "outside lower ce
     """`outside lower center` makes a constrained layout leave room for it; `lower center` sits in a margin left for it."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(
-            handles, labels, loc=loc, ncols=2, fontsize=8, title=title or None, title_fontsize=8, frameon=False
-        )
+        fig.legend(handles, labels, loc=loc, ncols=2, fontsize=8, title=title or None, title_fontsize=8, frameon=False)
 
 
 def pr_curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Figure:
