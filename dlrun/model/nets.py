@@ -124,7 +124,8 @@ class CNN(nn.Module):
     """Conv blocks, each conv -> [batch norm] -> activation -> [pool] -> [dropout], then a linear head.
 
     kernel_size, stride, padding, pooling, batch_norm, dropout and activation take one value for all blocks
-    or a list with one entry per block; first_kernel_size, when set, replaces the first block's kernel size. The head's input size comes from a dry forward pass."""
+    or a list with one entry per block. first_kernel_size, when set, replaces the first block's: a wider view
+    of the raw pixels, cheap where there are few input channels. The head's input size comes from a dry forward pass."""
 
     def __init__(
         self,
@@ -159,10 +160,8 @@ class CNN(nn.Module):
                 activation=activation,
             ).items()
         }
-        if first_kernel_size is not None:  # a wider view of the raw pixels, where one input channel makes it cheap
-            per["kernel_size"] = [first_kernel_size, *per["kernel_size"][1:]]
-        blocks: list[nn.Module] = []
-        c_in = in_shape[0]
+        per["kernel_size"] = [first_kernel_size or per["kernel_size"][0], *per["kernel_size"][1:]]
+        blocks, c_in = [], in_shape[0]
         for i, c_out in enumerate(int(c) for c in channels):
             k, bn, pool = int(per["kernel_size"][i]), bool(per["batch_norm"][i]), per["pooling"][i]
             pad = k // 2 if per["padding"][i] is None else int(per["padding"][i])
