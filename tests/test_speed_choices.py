@@ -21,15 +21,57 @@ NOT_FOR_DIGITS += ["torch.distributed.elastic.multiprocessing", "torch.distribut
 NOT_FOR_DIGITS += ["torch._dynamo", "sympy"]
 
 
-def test_a_default_run_does_not_import_what_it_does_not_use(tmp_path):
+def test_a_default_run_does_not_import_what_it_does_not_use_and_composes_its_config_once(tmp_path):
     code = (
         "import json, sys, dlrun\n"
+        "from hydra._internal.config_loader_impl import ConfigLoaderImpl\n"
+        "composed, load = [], ConfigLoaderImpl.load_configuration\n"
+        "ConfigLoaderImpl.load_configuration = lambda *a, **k: composed.append(1) or load(*a, **k)\n"
         f"dlrun.train(['device=cpu', 'trainer.epochs=1', 'hydra.run.dir={tmp_path / 'run'}'])\n"
-        f"print(json.dumps([m for m in {NOT_FOR_DIGITS!r} if m in sys.modules]))\n"
+        f"print(json.dumps([[m for m in {NOT_FOR_DIGITS!r} if m in sys.modules], len(composed)]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    imported, compositions = json.loads(out.stdout.strip().splitlines()[-1])
+    assert imported == []
+    assert compositions == 1  # not a second one only to read hydra.mode
+
+
+def test_the_groups_whose_options_set_the_run_mode_are_read_right():
+    """dlrun reads hydra.mode from the command line unless it chooses an option of these groups: each shipped
+    option that sets hydra.mode, as YAML reads it, must be in one of them."""
+    from importlib.resources import files
+
+    import yaml
+
+    from dlrun.config.groups import groups_setting_run_mode
+
+    root = Path(str(files("dlrun.configs")))
+    setting = {
+        str(p.parent.relative_to(root))
+        for p in root.rglob("*.yaml")
+        if "mode" in ((yaml.safe_load(p.read_text()) or {}).get("hydra") or {})
+    }
+    assert setting == groups_setting_run_mode() == {"experiment", "hparams_search"}
+
+
+def test_the_run_mode_read_from_the_command_line_is_hydras(monkeypatch):
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from dlrun.app.train_cmd import run_mode
+
+    monkeypatch.setattr(sys, "argv", ["dlrun", "train"])
+    assert run_mode([]) is None and run_mode(["model=cnn", "optimizer.lr=0.1"]) is None
+    assert run_mode(["hydra.mode=MULTIRUN"]) == RunMode.MULTIRUN and run_mode(["hydra.mode=RUN"]) == RunMode.RUN
+    assert run_mode(["experiment=momentum"]) is ... and run_mode(["+hparams_search=optuna"]) is ...
+    monkeypatch.setattr(sys, "argv", ["dlrun", "train", "--config-dir", "mine"])
+    assert run_mode(["model=cnn"]) is ...
+    with initialize_config_module("dlrun.configs", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        assert hydra.get_mode("train", ["model=cnn"]) is None
+        assert hydra.get_mode("train", ["experiment=momentum"]) == RunMode.MULTIRUN
 
 
 def test_the_digits_read_from_the_csv_are_scikit_learns():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 
+from dlrun.config.groups import groups_setting_run_mode
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.io import read_json, read_yaml
 from dlrun.core.lock import LOCK_NAME, DirLock, DirLocked
@@ -59,7 +60,12 @@ def run_train_app(args: list[str], verbose: bool = False) -> Launched:
             locks.callback(_remove_unused, held)
         stop_file, stopped = Path(tmp) / "stop", []
         # HYDRA_FULL_ERROR: Hydra re-raises errors instead of exiting. DLRUN_SWEEP_STOP: see forward_sigterm.
-        with _argv(args), _env(HYDRA_FULL_ERROR="1", DLRUN_SWEEP_STOP=str(stop_file)), forward_sigterm(stop_file, stopped):
+        with (
+            _argv(args),
+            _env(HYDRA_FULL_ERROR="1", DLRUN_SWEEP_STOP=str(stop_file)),
+            forward_sigterm(stop_file, stopped),
+            _run_mode_from_command_line(),
+        ):
             try:
                 _hydra_app(launched, failures, verbose, {lock.folder.resolve() for lock in held})()
             except Exception:
@@ -191,6 +197,48 @@ def check_sweep(outcome: dict, launched: Launched) -> None:
         raise SweepFailed(
             f"{len(failed)} of {len(rows)} jobs did not finish ({', '.join(failed)}); see {launched.sweep_dir / 'summary.md'}"
         )
+
+
+# Flags that add config folders or pick another primary config, whose options dlrun cannot read ahead.
+OTHER_CONFIGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
+
+
+def run_mode(overrides: list[str]):
+    """hydra.mode as the overrides set it (a RunMode, or None: the command line's -m decides), read without composing;
+    `...` when only composing can tell (a choice in a group whose options set it, or the user's own config folder)."""
+    from hydra.types import RunMode
+
+    if any(arg.split("=", 1)[0] in OTHER_CONFIGS for arg in sys.argv[1:]):
+        return ...
+    mode = None
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = override_key(key)
+        if key == "hydra.mode" and value in RunMode.__members__:
+            mode = RunMode[value]
+        elif key == "hydra.mode" or any(f"{key.split('@', 1)[0]}/".startswith(f"{g}/") for g in groups_setting_run_mode()):
+            return ...
+    return mode
+
+
+@contextlib.contextmanager
+def _run_mode_from_command_line():
+    """Before running, Hydra composes the whole config once only to read hydra.mode from it, then composes it
+    again for the run (about 0.3 s each). The shipped options that set hydra.mode are known (experiments,
+    hparams_search=optuna): for any other command line the mode is read from the overrides instead."""
+    from hydra._internal.hydra import Hydra
+
+    composed = Hydra.get_mode
+
+    def get_mode(self, config_name, overrides):
+        mode = run_mode(overrides)
+        return composed(self, config_name, overrides) if mode is ... else mode
+
+    Hydra.get_mode = get_mode
+    try:
+        yield
+    finally:
+        Hydra.get_mode = composed
 
 
 @contextlib.contextmanager

@@ -1,5 +1,7 @@
 """The shipped config groups and their options, read from the package without importing Hydra."""
 
+import functools
+import re
 from importlib.resources import files
 
 CONFIG_MODULE = "dlrun.configs"
@@ -17,3 +19,23 @@ def config_groups() -> dict[str, list[str]]:
             )
             groups[entry.name] = options
     return groups
+
+
+# An option that makes a command a sweep, or a single run, by itself: `hydra: {mode: MULTIRUN}` in its YAML.
+_SETS_RUN_MODE = re.compile(r"^\s+mode:\s*(MULTIRUN|RUN)\b", re.MULTILINE)
+
+
+@functools.cache
+def groups_setting_run_mode() -> frozenset[str]:
+    """The groups (`experiment`, `hparams_search`, `hydra/sweeper`, ...) with an option that sets hydra.mode: only
+    a command choosing one of them needs its config composed to tell whether it runs once or sweeps."""
+    root = files(CONFIG_MODULE)
+    found, folders = set(), [(entry, entry.name) for entry in root.iterdir() if entry.is_dir()]
+    while folders:
+        folder, group = folders.pop()
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                folders.append((entry, f"{group}/{entry.name}"))
+            elif entry.name.endswith(".yaml") and _SETS_RUN_MODE.search(entry.read_text()):
+                found.add(group)
+    return frozenset(found)
