@@ -29,11 +29,15 @@ lint: install ## ruff (lint and format), the import-layer contract, and the code
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_shape.py
 
-test: lint ## install, check the code, then run the whole test suite
-	$(BIN)/python -m pytest
+# Most tests wait on a dlrun process's imports, one core each: two workers take about 30% off the suite on
+# two cores. More workers than cores only make the timing-sensitive tests (signals, locks) wait longer.
+TEST_WORKERS ?= 2
+
+test: lint ## install, check the code, then run the whole test suite (TEST_WORKERS processes, default 2)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-fast: lint ## the tests that do not start dlrun in a subprocess
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 bench: install ## speed against the standard PyTorch loop on real MNIST (DATA_ROOT, default ../shared/data; BENCH_SEEDS)
 	$(BIN)/python scripts/bench.py --data-root $(DATA_ROOT) --seeds $(BENCH_SEEDS)

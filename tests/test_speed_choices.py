@@ -19,6 +19,8 @@ NOT_FOR_DIGITS += ["torch.distributed.elastic.multiprocessing", "torch.distribut
 # torch._dynamo and sympy (1.5 s): torch.optim's wrappers import them on the first step (dlrun.engine.eager),
 # and so do the meta device's kernels (the dry build runs a small model on the CPU) and add_graph's self-check.
 NOT_FOR_DIGITS += ["torch._dynamo", "sympy"]
+# matplotlib (0.35 s): the figures are drawn in a helper process, which imports it while the run imports torch.
+NOT_FOR_DIGITS += ["matplotlib"]
 
 
 def test_a_default_run_does_not_import_what_it_does_not_use_and_composes_its_config_once(tmp_path):

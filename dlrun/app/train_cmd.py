@@ -19,8 +19,9 @@ from dlrun.config.groups import groups_setting_run_mode
 from dlrun.core.errors import ConfigError, DlrunError
 from dlrun.core.io import read_json, read_yaml
 from dlrun.core.lock import LOCK_NAME, DirLock, DirLocked
-from dlrun.core.ranks import started_as_rank, world_size
+from dlrun.core.ranks import is_main, started_as_rank, world_size
 from dlrun.core.text import override_key, quote_override, unquote_override
+from dlrun.observe import drawing
 
 # Flags with which Hydra shows something (help, the config, completion) and runs no job.
 SHOW_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version")
@@ -121,8 +122,10 @@ def forward_sigterm(stop_file: Path, stopped: list):
 
 def _children() -> list[int]:
     """The processes this one started (Linux: /proc); none elsewhere."""
-    me, found = str(os.getpid()), []
+    me, found, helpers = str(os.getpid()), [], drawing.helper_pids()
     for stat in Path("/proc").glob("[0-9]*/stat"):
+        if int(stat.parent.name) in helpers:  # the figures' helper leaves when this process has gone
+            continue
         with contextlib.suppress(OSError, IndexError):
             if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
                 found.append(int(stat.parent.name))
@@ -135,6 +138,8 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
 
     @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
     def train(cfg):
+        if is_main():  # the figures' helper imports matplotlib while this process imports torch (drawing.py)
+            drawing.painter()
         from dlrun.app import job  # the boundary: torch and the engine load only when a job runs
 
         ctx = job.context()

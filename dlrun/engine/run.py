@@ -302,6 +302,7 @@ def fit(cfg, parts: Parts, state: LoopState, steps: StepLog, tracker: Tracker, c
         steps.flush()
         val_stats = evaluate(parts.built.model, val_loader, parts.built.eval_loss, parts.eval_metrics, parts.amp)
         row = epoch_row(epoch, train_stats, val_stats, parts.built.optimizer, start)
+        tracker.ask_for_val_card(epoch, parts.eval_metrics.confusion)
         if not math.isfinite(row["val/loss"]):
             raise faults.Diverged(state.step, epoch, row["val/loss"], state.last_finite, what="val loss")
         improved = state.improves(row[monitor])
@@ -343,9 +344,11 @@ def epoch_row(epoch: int, train_stats: dict, val_stats: dict, optimizer, start: 
 
 
 def log_epoch(tracker: Tracker, parts: Parts, state: LoopState, row: dict, improved: bool, monitor: str) -> None:
-    tracker.log_boundary(parts.built.model, parts.data, row["epoch"])  # before log_epoch's flush, which commits it
-    tracker.log_epoch(row, parts.eval_metrics.confusion, improved, parts.eval_metrics.scores)
+    # The boundary and the histograms before log_epoch's flush, which commits them: last.pt, written next, says the
+    # epoch is done, and a resume cannot draw them again (the last step's gradients are gone).
+    tracker.log_boundary(parts.built.model, parts.data, row["epoch"])
     tracker.log_model(parts.built.model, row["epoch"])
+    tracker.log_epoch(row, parts.eval_metrics.confusion, improved, parts.eval_metrics.scores)
     tracker.save_metrics(
         epochs_completed=row["epoch"],
         best={"epoch": state.best_epoch, monitor: state.best_value},
@@ -377,6 +380,7 @@ def save_last(
 def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Outcome:
     """The best epoch's weights, reloaded from disk as a user would, on the test split."""
     model = parts.built.model
+    tracker.ask_for_curves()  # the epochs are over: curves.png is drawn beside the test
     if is_main():  # rank 0 reads best.pt, the other ranks get its weights from it
         model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     ddp.broadcast_from_main(model)

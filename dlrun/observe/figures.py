@@ -13,9 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hi
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont, get_font
-from matplotlib.image import imsave
 
-from dlrun.core.io import atomic_write
+from dlrun.observe.png import save_png
 
 # Every figure is laid out in pixels at this dpi, so its rendered size is chosen, not inherited from rcParams.
 DPI = 100
@@ -277,10 +276,6 @@ def render(fig) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_png(rgb: np.ndarray, path: Path) -> None:
-    atomic_write(path, lambda f: imsave(f, rgb, format="png"))
 
 
 def save_figure(fig, path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import metadata
 from torch.utils.tensorboard import SummaryWriter
 
@@ -20,7 +21,8 @@ from dlrun.config.schema import metric_names
 from dlrun.core import ranks
 from dlrun.core.faultpoints import kill_point
 from dlrun.core.io import read_json, write_csv, write_json
-from dlrun.observe import dashboards, figures
+from dlrun.observe import dashboards, drawing
+from dlrun.observe.png import write_png
 from dlrun.observe.tables import classification_report, markdown_table, write_confusion_csv
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,11 @@ class Tracker:
         self.writer = _Writer(writer, self.present, self.run_dir) if self.writes else writer
         _quiet_writer_thread()
         self.cfg = cfg
+        # The figures are drawn beside the run (drawing.py); the run writes them where they go.
+        self.painter = drawing.painter() if self.writes else None
+        self._curves = None  # curves.png's picture, asked for once the epochs are over
+        self._card = None  # (epoch, its val confusion card), asked for once the epoch's val matrix is known
+        self._prepare_cards()
         if resume:
             self._relog_missing_epochs()
         # Written once: a resumed run adds them only if the killed one never got them to its file.
@@ -81,6 +88,24 @@ class Tracker:
             if (metadata.SESSION_START_INFO_TAG, 0) not in present:
                 self.writer.file_writer.add_summary(ssi)
         self.save_metrics()
+
+    def _prepare_cards(self) -> None:
+        """The confusion cards' frames (axes and class names, the slow part) drawn while the first epoch trains."""
+        if not self.writes or self.cfg.get("task") == "regression" or not self.classes:
+            return
+        blank = np.zeros((len(self.classes),) * 2, dtype=np.int64)
+        if self.cfg.logging.confusion_matrix_every:
+            self.painter.submit("confusion_pixels", blank, self.classes, "val epoch 1", normalized_too=False)
+
+    def _add_picture(self, tag: str, picture: drawing.Picture, step: int) -> None:
+        """A drawn picture as TensorBoard's image `tag` at `step`, as add_image writes it (but encoded once)."""
+        if (tag, step) in self.present:  # a resumed run: the killed attempt's file holds it
+            return
+        image = Summary.Image(height=picture.height, width=picture.width, colorspace=3, encoded_image_string=picture.png)
+        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+    def _save_picture(self, picture: drawing.Picture, name: str) -> None:
+        write_png(picture.png, self.run_dir / name)
 
     def log_steps(self, first_step: int, losses: list[float], lrs: list[float], grad_norms: list[float] | None = None):
         for i, (loss, lr) in enumerate(zip(losses, lrs)):
@@ -115,8 +140,8 @@ class Tracker:
                     self.writer.add_histogram(f"gradients/{name}", param.grad, epoch)
         images = model.weight_images() if self.cfg.logging.weight_images and hasattr(model, "weight_images") else None
         if images is not None and len(images) == len(self.classes):  # a binary head's one template has no class
-            fig = figures.class_templates_figure(_unit_range(images).cpu().numpy(), self.classes)
-            self.writer.add_image("weights/class_templates", figures.render(fig), epoch, dataformats="HWC")
+            picture = self.painter.submit("class_templates_figure", _unit_range(images).cpu().numpy(), self.classes)
+            self._add_picture("weights/class_templates", picture.result(), epoch)
 
     @torch.no_grad()
     def log_misclassified(self, model, loader, epoch: int) -> None:
@@ -139,8 +164,8 @@ class Tracker:
             if len(images) >= wanted:
                 break
         if images:
-            grid = figures.image_grid_pixels(np.stack(images), titles)
-            self.writer.add_image("test/misclassified", grid, epoch, dataformats="HWC")
+            grid = self.painter.submit("image_grid_pixels", np.stack(images), titles)
+            self._add_picture("test/misclassified", grid.result(), epoch)
 
     def log_boundary(self, model, data, epoch: int, final: bool = False) -> None:
         """2-D inputs: the class the model predicts over the training points' range, with the points on it, every
@@ -155,14 +180,16 @@ class Tracker:
         regions, extent = boundary_regions(model, points, data.mean, data.std)
         names = tuple(data.features or ()) or ("x1", "x2")
         title = f"decision boundary, {'best epoch' if final else 'epoch'} {epoch}"
-        picture = figures.render(figures.decision_boundary_figure(regions, extent, points, labels, self.classes, names, title))
+        drawn = self.painter.submit("decision_boundary_figure", regions, extent, points, labels, self.classes, names, title)
+        picture = drawn.result()
         if final:
-            figures.save_png(picture, self.run_dir / "decision_boundary.png")
-        self.writer.add_image(tag, picture, epoch, dataformats="HWC")
+            self._save_picture(picture, "decision_boundary.png")
+        self._add_picture(tag, picture, epoch)
 
     def log_epoch(self, row: dict, val_cm: np.ndarray | None, improved: bool = False, val_scores: tuple | None = None) -> None:
         """`improved`: this epoch is the best so far, so that `best/val/*` (HParams' metrics) take its values."""
         epoch = row["epoch"]
+        card = self.ask_for_val_card(epoch, val_cm)
         for key, value in row.items():
             if "/" in key:
                 self.writer.add_scalar(key, value, epoch)
@@ -173,16 +200,27 @@ class Tracker:
         every_pr = self.cfg.logging.get("pr_curves", 0)
         if val_scores is not None and every_pr and epoch % every_pr == 0:
             self._pr_curves("val", val_scores, epoch)
-        every = self.cfg.logging.confusion_matrix_every
-        if val_cm is not None and every and epoch % every == 0:
-            card = figures.confusion_pixels(val_cm, self.classes, f"val epoch {epoch}", normalized_too=False)
-            self.writer.add_image("val/confusion_matrix", card, epoch, dataformats="HWC")
+        if card is not None:
+            self._add_picture("val/confusion_matrix", card.result(), epoch)
         self.writer.flush()
         kill_point("epoch_flushed")  # the epoch is in the event file, not yet in history.csv
         self.history.append(row)
         header = list(row)
         if self.writes:
             write_csv(self.run_dir / "history.csv", header, [[r.get(h, "") for h in header] for r in self.history])
+
+    def ask_for_val_card(self, epoch: int, val_cm: np.ndarray | None):
+        """The epoch's val confusion card, asked for as soon as its matrix is known (log_epoch writes it): it is
+        drawn while best.pt is saved and the scalars are written. None when the epoch has none."""
+        every = self.cfg.logging.confusion_matrix_every
+        if val_cm is None or not (every and epoch % every == 0 and self.writes):
+            return None
+        if self._card is None or self._card[0] != epoch:
+            self._card = (
+                epoch,
+                self.painter.submit("confusion_pixels", val_cm, self.classes, f"val epoch {epoch}", normalized_too=False),
+            )
+        return self._card[1]
 
     def _pr_curves(self, split: str, scores: tuple, epoch: int, writer=None) -> None:
         """TensorBoard's PR Curves tab: one curve per class (the positive class alone for two classes)."""
@@ -201,24 +239,44 @@ class Tracker:
         self.metrics.update({k: readings[k] for k in ("most_confused", "threshold") if k in readings})
         if not self.writes:
             return
+        # Every figure asked for at once, drawn while the numbers below are written; then written in this order.
+        self.ask_for_curves()
+        drawn = self._ask_for_test_figures(readings, cm)
         writer = self.writer
         for key, value in test.items():
             writer.add_scalar(f"test/{key}", value, epoch)
         if "scores" in readings:
             self._pr_curves("test", readings["scores"], epoch, writer)
-        self._log_curves(readings, writer, epoch)
+        self._log_curves(readings, drawn, writer, epoch)
         if cm is None:  # a regression: its figures instead (log_regression)
             return
         if readings.get("most_confused"):
             writer.add_text("test/most_confused", confusions_markdown(readings["most_confused"][:5]), epoch)
         # TensorBoard's card is ~350 px wide: the counts alone there; the PNG has the row-normalised view beside them.
-        card = figures.confusion_pixels(cm, self.classes, "test", normalized_too=False)
-        writer.add_image("test/confusion_matrix", card, epoch, dataformats="HWC")
-        figures.save_png(figures.confusion_pixels(cm, self.classes, "test"), self.run_dir / "confusion_matrix.png")
+        self._add_picture("test/confusion_matrix", drawn["card"].result(), epoch)
+        self._save_picture(drawn["confusion_matrix.png"].result(), "confusion_matrix.png")
         write_confusion_csv(self.run_dir / "confusion_matrix.csv", cm, self.classes)
         header, rows = classification_report(cm, self.classes)
         write_csv(self.run_dir / "classification_report.csv", header, rows)
         writer.add_text("test/classification_report", markdown_table(header, rows), epoch)
+
+    def _ask_for_test_figures(self, readings: dict, cm: np.ndarray | None) -> dict:
+        ask, drawn = self.painter.submit, {}
+        curves = readings.get("curves")
+        if curves:
+            pr = {c: (v["recall"], v["precision"], v["average_precision"]) for c, v in curves.items()}
+            roc = {c: (v["fpr"], v["tpr"], v["auroc"]) for c, v in curves.items()}
+            drawn["pr_curve.png"] = ask("pr_curve_figure", pr, "test")
+            drawn["roc_curve.png"] = ask("roc_curve_figure", roc, "test")
+        threshold, sweep = readings.get("threshold"), readings.get("threshold_sweep")
+        if threshold and sweep:
+            columns = [sweep[k] for k in ("threshold", "precision", "recall", "f1")]
+            title = f"val, positive class {self.classes[1]}"
+            drawn["threshold.png"] = ask("threshold_figure", *columns, threshold["best_f1"], 0.5, title)
+        if cm is not None:
+            drawn["card"] = ask("confusion_pixels", cm, self.classes, "test", normalized_too=False)
+            drawn["confusion_matrix.png"] = ask("confusion_pixels", cm, self.classes, "test")
+        return drawn
 
     def log_regression(self, readings: dict, epoch: int) -> None:
         """A regression's test figures in place of the confusion matrix: predictions.png (predicted against true),
@@ -227,43 +285,37 @@ class Tracker:
             return
         pred, target = readings["predictions"]
         shown = [
-            ("test/predictions", "predictions.png", figures.predictions_figure(pred, target, "test")),
-            ("test/residuals", "residuals.png", figures.residuals_figure(pred, target, "test")),
+            ("test/predictions", "predictions.png", self.painter.submit("predictions_figure", pred, target, "test")),
+            ("test/residuals", "residuals.png", self.painter.submit("residuals_figure", pred, target, "test")),
         ]
         if "function" in readings:
-            learned = figures.function_figure(*readings["function"], "learned function, best epoch")
+            learned = self.painter.submit("function_figure", *readings["function"], "learned function, best epoch")
             shown.append(("test/function", "function.png", learned))
-        for tag, name, fig in shown:
-            picture = figures.render(fig)
-            figures.save_png(picture, self.run_dir / name)
-            self.writer.add_image(tag, picture, epoch, dataformats="HWC")
+        for tag, name, drawn in shown:
+            picture = drawn.result()
+            self._save_picture(picture, name)
+            self._add_picture(tag, picture, epoch)
 
-    def _log_curves(self, readings: dict, writer, epoch: int) -> None:
+    def _log_curves(self, readings: dict, drawn: dict, writer, epoch: int) -> None:
         """pr_curve.png and roc_curve.png; for two classes threshold.png and the threshold's scores."""
-        curves = readings.get("curves")
-        if curves:
-            pr = {c: (v["recall"], v["precision"], v["average_precision"]) for c, v in curves.items()}
-            roc = {c: (v["fpr"], v["tpr"], v["auroc"]) for c, v in curves.items()}
-            figures.save_figure(figures.pr_curve_figure(pr, "test"), self.run_dir / "pr_curve.png")
-            figures.save_figure(figures.roc_curve_figure(roc, "test"), self.run_dir / "roc_curve.png")
-        threshold, sweep = readings.get("threshold"), readings.get("threshold_sweep")
-        if threshold and sweep:
-            fig = figures.threshold_figure(
-                sweep["threshold"],
-                sweep["precision"],
-                sweep["recall"],
-                sweep["f1"],
-                threshold["best_f1"],
-                0.5,
-                f"val, positive class {self.classes[1]}",
-            )
-            picture = figures.render(fig)
-            figures.save_png(picture, self.run_dir / "threshold.png")
-            writer.add_image("val/threshold", picture, epoch, dataformats="HWC")
+        for name in ("pr_curve.png", "roc_curve.png"):
+            if name in drawn:
+                self._save_picture(drawn[name].result(), name)
+        threshold = readings.get("threshold")
+        if "threshold.png" in drawn:
+            picture = drawn["threshold.png"].result()
+            self._save_picture(picture, "threshold.png")
+            self._add_picture("val/threshold", picture, epoch)
             writer.add_scalar("test/threshold/best_f1", threshold["best_f1"], epoch)
             for at in ("at_best", "at_0.5"):
                 for m in ("precision", "recall", "f1"):
                     writer.add_scalar(f"test/threshold/{m}_{at}", threshold[at][m], epoch)
+
+    def ask_for_curves(self) -> None:
+        """curves.png once no epoch is left to train: drawn while the test runs and is logged, written at close."""
+        if self.history and self.writes and self._curves is None:
+            shown = ("loss", "rmse", "r2") if self.cfg.get("task") == "regression" else ("loss", "accuracy", "f1")
+            self._curves = self.painter.submit("curves_figure", list(self.history), shown)
 
     def log_diagnosis(self, diagnosis: dict, epoch: int) -> None:
         """The verdict on the learning curves: metrics.json and TensorBoard's Text tab."""
@@ -300,9 +352,9 @@ class Tracker:
     def close(self, status: str) -> None:
         unwritten = None
         if self.history and self.writes:
+            self.ask_for_curves()
             try:
-                shown = ("loss", "rmse", "r2") if self.cfg.get("task") == "regression" else ("loss", "accuracy", "f1")
-                figures.save_figure(figures.curves_figure(self.history, shown), self.run_dir / "curves.png")
+                self._save_picture(self._curves.result(), "curves.png")
             except OSError as err:  # a full disk: the old figure stays; a completed run still says so, below
                 log.warning("curves.png not written: %s", err)
                 unwritten = err
