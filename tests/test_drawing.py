@@ -117,3 +117,29 @@ def test_a_run_with_the_helper_writes_the_same_figures_as_one_without(tmp_path):
     assert {step for tag, step in events["helper"] if tag == "val/confusion_matrix"} == {1, 2, 3}
     for key, picture in events["helper"].items():
         assert np.array_equal(picture, events["here"][key]), key
+
+
+@pytest.mark.parametrize("recipe", ["pr_curve_figure", "roc_curve_figure"])
+def test_a_long_curve_drawn_thinned_looks_the_same(monkeypatch, recipe):
+    """MNIST's 10,000 test samples make curves of thousands of points: drawn thinned, not a pixel in 200 differs."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    rng = np.random.default_rng(0)
+    curves = {}
+    for c in range(10):
+        truth = rng.random(10_000) < 0.1
+        score = truth * (1 + 0.2 * c) + rng.normal(0, 0.6, 10_000)
+        if recipe == "pr_curve_figure":
+            precision, recall, _ = precision_recall_curve(truth, score)
+            curves[str(c)] = (recall, precision, 0.9)
+        else:
+            fpr, tpr, _ = roc_curve(truth, score, drop_intermediate=False)
+            curves[str(c)] = (fpr, tpr, 0.9)
+    assert min(len(x) for x, _, _ in curves.values()) > 5_000
+    assert max(len(figures._thinned(x, y)[0]) for x, y, _ in curves.values()) < 3_000
+    thinned = figures.render(getattr(figures, recipe)(curves, "test"))
+    monkeypatch.setattr(figures, "_thinned", lambda x, y: (np.asarray(x), np.asarray(y)))
+    whole = figures.render(getattr(figures, recipe)(curves, "test"))
+    assert thinned.shape == whole.shape
+    differing = np.abs(thinned.astype(int) - whole.astype(int)).max(-1) > 32
+    assert differing.mean() < 0.005, f"{differing.mean():.2%} of the pixels differ"
