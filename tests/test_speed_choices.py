@@ -194,3 +194,25 @@ def test_a_cnn_on_cached_mnist_imports_neither_torchvision_nor_torch_dynamo(tmp_
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_card_of_the_val_class_counts_has_the_frame_of_the_real_val_cards():
+    """The tracker asks for a card of each val class's count on the diagonal while epoch 1 trains, so that epoch 1's
+    card finds its frame drawn. A frame's cells are as wide as its widest count: a blank matrix's frame is another."""
+    from dlrun.observe import figures
+
+    rng = np.random.default_rng(1)
+    classes = [str(k) for k in range(10)]
+    val_counts = rng.integers(540, 680, 10)  # MNIST's 6000 val images: 3 digits a class
+    cm = np.diag(val_counts - 40) + rng.integers(0, 9, (10, 10))
+    figures._card_frame.cache_clear()
+    figures.confusion_pixels(np.zeros((10, 10), dtype=int), classes, "val epoch 1", normalized_too=False)
+    figures.confusion_pixels(cm, classes, "val epoch 1", normalized_too=False)
+    assert figures._card_frame.cache_info().misses == 2, "a blank matrix's frame fits 3-digit counts"
+    figures._card_frame.cache_clear()
+    figures.confusion_pixels(np.diag(val_counts), classes, "val epoch 1", normalized_too=False)
+    card = figures.confusion_pixels(cm, classes, "val epoch 1", normalized_too=False)
+    assert figures._card_frame.cache_info().misses == 1, "epoch 1's card drew a frame of its own"
+    drawn = figures.render(figures.confusion_figure(cm, classes, "val epoch 1", normalized_too=False))
+    assert card.shape == drawn.shape
+    assert np.abs(card.astype(int) - drawn.astype(int)).max(-1).mean() < 8

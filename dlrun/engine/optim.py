@@ -100,6 +100,9 @@ class Regime:
         self.max_norm, self.max_value = trainer.grad_clip.max_norm, trainer.grad_clip.max_value
         self.log_grad_norm = log_grad_norm
         self.schedule = schedule
+        # One device and dtype (any model but a hand-mixed one): the norm in two kernels, without get_total_norm's
+        # grouping of the gradients by device and dtype at every step (half of its 80 us on a small MLP)
+        self.one_group = len({(p.device, p.dtype) for p in self.params}) <= 1
 
     def penalty(self) -> torch.Tensor | float:
         if not self.l1:
@@ -112,7 +115,11 @@ class Regime:
         if self.max_norm is not None:
             norm = nn.utils.clip_grad_norm_(self.params, self.max_norm)
         elif self.log_grad_norm:
-            norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if self.one_group and grads:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            else:
+                norm = nn.utils.get_total_norm(grads)
         if self.max_value is not None:
             nn.utils.clip_grad_value_(self.params, self.max_value)
         return norm if self.log_grad_norm else None

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -170,15 +171,19 @@ def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tr
         # An attempt killed before its first checkpoint left curves that nothing can continue: not a second run here.
         for stale in ctx.run_dir.glob("events.out.tfevents.*"):
             stale.unlink()
-    tracker = Tracker(ctx.run_dir, cfg, parts.data.classes, info=info, resume=resumed, overrides=ctx.overrides)
+    val_counts = class_counts(parts.data.val, parts.data.num_classes) if parts.data.task == "classification" else None
+    tracker = Tracker(ctx.run_dir, cfg, parts.data.classes, info, resumed, ctx.overrides, val_counts=val_counts)
     if not resumed:
         tracker.log_graph(parts.built.model, torch.zeros(1, *parts.data.in_shape, device=parts.device))
     return tracker
 
 
 def train_class_counts(data: Data) -> dict[str, int]:
-    counts = torch.bincount(data.train.y.cpu().long(), minlength=data.num_classes).tolist()
-    return dict(zip(map(str, data.classes), counts))
+    return dict(zip(map(str, data.classes), class_counts(data.train, data.num_classes).tolist()))
+
+
+def class_counts(split, num_classes: int) -> np.ndarray:
+    return torch.bincount(split.y.cpu().long(), minlength=num_classes).numpy()
 
 
 def announce(cfg, parts: Parts, console: Console, run_dir: Path) -> None:
@@ -390,10 +395,14 @@ def test(parts: Parts, state: LoopState, tracker: Tracker, run_dir: Path) -> Out
         readings = regression_readings(parts.eval_metrics, model, parts.data)
     else:
         readings = test_readings(parts.eval_metrics, parts.data.classes, model, parts.loaders[1], loss_fn, amp, parts.device)
-    tracker.log_test(test_metrics, parts.eval_metrics.confusion, state.best_epoch, readings)
+    # The figures are asked for first: the helper draws them while this process finds the misclassified images.
+    cm = parts.eval_metrics.confusion
+    drawn = tracker.ask_for_test_figures(readings, cm)
+    grid = tracker.ask_for_misclassified(model, parts.loaders[2], state.best_epoch)
+    tracker.log_test(test_metrics, cm, state.best_epoch, readings, drawn)
     tracker.log_regression(readings, state.best_epoch)
     kill_point("test_logged")
-    tracker.log_misclassified(model, parts.loaders[2], state.best_epoch)
+    tracker.log_misclassified(grid, state.best_epoch)
     tracker.log_boundary(model, parts.data, state.best_epoch, final=True)
     best_row = tracker.history[state.best_epoch - 1]
     best = {"epoch": state.best_epoch, **{k: v for k, v in best_row.items() if k.startswith("val/")}}

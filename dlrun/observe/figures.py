@@ -129,7 +129,8 @@ def confusion_pixels(cm: np.ndarray, classes: list[str], title: str = "", normal
     layout = _confusion_layout(cm, classes, panels, title)
     if not 0 < len(classes) <= ANNOTATE_MAX:
         return render(_confusion_panels(cm, classes, title, panels, layout))
-    frame = _card_frame(tuple(classes), tuple(layout.items()), len(panels))
+    # The numbers' size is not part of the frame: val and test cards of one dataset share it, whatever their counts
+    frame = _card_frame(tuple(classes), tuple((k, v) for k, v in layout.items() if k != "number_pt"), len(panels))
     picture = frame.pixels.copy()
     for box, (name, values, fmt) in zip(frame.boxes, panels):
         high = values.max()

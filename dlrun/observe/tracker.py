@@ -1,5 +1,6 @@
 """Where a run's numbers go: TensorBoard event files, history.csv and metrics.json in the run directory."""
 
+import contextlib
 import csv
 import inspect
 import logging
@@ -42,9 +43,19 @@ def graph_def(model, example: torch.Tensor):
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg, classes: list[str], info: dict, resume: dict | None = None, overrides: list[str] = ()):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg,
+        classes: list[str],
+        info: dict,
+        resume: dict | None = None,
+        overrides: list[str] = (),
+        val_counts: np.ndarray | None = None,
+    ):
         """`resume`: last.pt's state when continuing a run (its history, step and wall time so far);
-        `overrides`: the command line's, so that HParams shows a swept key even at its default value."""
+        `overrides`: the command line's, so that HParams shows a swept key even at its default value;
+        `val_counts`: each class's count in the val split, which sizes the val confusion cards."""
         self.run_dir = Path(run_dir)
         self.classes = classes
         self.history: list[dict] = list(resume["history"]) if resume else []
@@ -71,13 +82,13 @@ class Tracker:
         self.painter = drawing.painter() if self.writes else None
         self._curves = None  # curves.png's picture, asked for once the epochs are over
         self._card = None  # (epoch, its val confusion card), asked for once the epoch's val matrix is known
-        self._prepare_cards()
+        self._prepare_cards(val_counts)
         if resume:
             self._relog_missing_epochs()
         # Written once: a resumed run adds them only if the killed one never got them to its file.
         present = self.present
         if ("custom_scalars__config__", 0) not in present:
-            self.writer.file_writer.add_summary(dashboards.custom_scalars_summary(metric_names(cfg.get("task"))))
+            self.writer.add_summary(dashboards.custom_scalars_summary(metric_names(cfg.get("task"))))
         if cfg.logging.hparams:
             # Written into this run's own event file (not add_hparams, which makes a new
             # timestamped run) so that each run is one run in TensorBoard and in the HParams tab.
@@ -86,33 +97,42 @@ class Tracker:
             ssi, sei = dashboards.session_summaries(cfg, overrides)
             self._session_end = sei
             if (metadata.SESSION_START_INFO_TAG, 0) not in present:
-                self.writer.file_writer.add_summary(ssi)
+                self.writer.add_summary(ssi)
         self.save_metrics()
 
-    def _prepare_cards(self) -> None:
-        """The confusion cards' frames (axes and class names, the slow part) drawn while the first epoch trains."""
+    def _prepare_cards(self, val_counts: np.ndarray | None) -> None:
+        """The val card's frame (axes and class names, the slow part) drawn while the first epoch trains. A frame's
+        cells are as wide as the widest count: a matrix of each class's count on its diagonal, as a perfect model
+        would give, has the digits the real ones will have. (The test's frames are drawn when they are needed:
+        drawn beside an epoch, they slow it by as much as they take.)"""
         if not self.writes or self.cfg.get("task") == "regression" or not self.classes:
             return
-        blank = np.zeros((len(self.classes),) * 2, dtype=np.int64)
+        shown = np.diag(val_counts) if val_counts is not None else np.zeros((len(self.classes),) * 2, dtype=np.int64)
         if self.cfg.logging.confusion_matrix_every:
-            self.painter.submit("confusion_pixels", blank, self.classes, "val epoch 1", normalized_too=False)
+            self.painter.submit("confusion_pixels", shown, self.classes, "val epoch 1", normalized_too=False)
 
     def _add_picture(self, tag: str, picture: drawing.Picture, step: int) -> None:
         """A drawn picture as TensorBoard's image `tag` at `step`, as add_image writes it (but encoded once)."""
         if (tag, step) in self.present:  # a resumed run: the killed attempt's file holds it
             return
         image = Summary.Image(height=picture.height, width=picture.width, colorspace=3, encoded_image_string=picture.png)
-        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        self.writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def _save_picture(self, picture: drawing.Picture, name: str) -> None:
         write_png(picture.png, self.run_dir / name)
 
     def log_steps(self, first_step: int, losses: list[float], lrs: list[float], grad_norms: list[float] | None = None):
-        for i, (loss, lr) in enumerate(zip(losses, lrs)):
-            self.writer.add_scalar("train/loss_step", loss, first_step + i)
-            self.writer.add_scalar("train/lr", lr, first_step + i)
-            if grad_norms:
-                self.writer.add_scalar("train/grad_norm", grad_norms[i], first_step + i)
+        """Each step's scalars as one event, as add_scalar writes each of them (simple_value) but a third of the
+        records: three add_scalar calls a step were about a sixth of a small MLP's epoch."""
+        if not self.writes:
+            return
+        tags = dashboards.STEP_TAGS if grad_norms else dashboards.STEP_TAGS[:2]
+        columns = (losses, lrs, grad_norms) if grad_norms else (losses, lrs)
+        for i, values in enumerate(zip(*columns)):
+            step = first_step + i
+            kept = [(tag, v) for tag, v in zip(tags, values) if (tag, step) not in self.present]
+            if kept:
+                self.writer.add_summary(Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in kept]), step)
 
     def log_graph(self, model, example: torch.Tensor) -> None:
         if not (self.writes and self.cfg.logging.graph):
@@ -144,17 +164,18 @@ class Tracker:
             self._add_picture("weights/class_templates", picture.result(), epoch)
 
     @torch.no_grad()
-    def log_misclassified(self, model, loader, epoch: int) -> None:
-        """A grid of test images the model gets wrong, titled with their true and predicted classes."""
+    def ask_for_misclassified(self, model, loader, epoch: int):
+        """A grid of test images the model gets wrong, titled with their true and predicted classes: asked for
+        here, drawn while the test's other figures are, written by log_misclassified. None when there is none."""
         wanted = self.cfg.logging.misclassified
         # A run killed while testing may have its grid in TensorBoard already: not a second pass for it.
         if not (self.writes and wanted) or ("test/misclassified", epoch) in self.present:
-            return
+            return None
         model.eval()
         images, titles = [], []
         for x, y in loader:
             if x.dim() != 4:  # not images
-                return
+                return None
             logits = model(x)
             pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()  # one logit: a binary head
             wrong = (pred != y).nonzero().flatten()[: wanted - len(images)]
@@ -163,8 +184,10 @@ class Tracker:
             titles += [f"true {self.classes[t]}\npred {self.classes[p]}" for t, p in pairs]
             if len(images) >= wanted:
                 break
-        if images:
-            grid = self.painter.submit("image_grid_pixels", np.stack(images), titles)
+        return self.painter.submit("image_grid_pixels", np.stack(images), titles) if images else None
+
+    def log_misclassified(self, grid, epoch: int) -> None:
+        if grid is not None:
             self._add_picture("test/misclassified", grid.result(), epoch)
 
     def log_boundary(self, model, data, epoch: int, final: bool = False) -> None:
@@ -230,19 +253,16 @@ class Tracker:
             name = str(self.classes[k]).replace("/", "_").replace(" ", "_")
             (writer or self.writer).add_pr_curve(f"{split}/pr_curve/{name}", targets == k, probs[:, k], epoch)
 
-    def log_test(self, test: dict, cm: np.ndarray, epoch: int, readings: dict | None = None) -> None:
-        """The test scores and confusion matrix, and what was read from them: curves, threshold, worst confusions."""
-        readings = readings or {}
+    def log_test(self, test: dict, cm: np.ndarray | None, epoch: int, readings: dict, drawn: dict) -> None:
+        """The test scores and confusion matrix, and what was read from them: curves, threshold, worst confusions;
+        `drawn`: the pictures ask_for_test_figures asked for."""
         self.metrics["test"] = test
         if cm is not None:  # each class's test recall, which the macro average can hide (a summary's test/recall_rarest)
             self.metrics["test_per_class"] = per_class_recall(np.asarray(cm), self.classes)
         self.metrics.update({k: readings[k] for k in ("most_confused", "threshold") if k in readings})
         if not self.writes:
             return
-        # Every figure asked for at once, drawn while the numbers below are written; then written in this order.
-        self.ask_for_curves()
-        drawn = self._ask_for_test_figures(readings, cm)
-        writer = self.writer
+        writer = self.writer  # the figures are drawn while the numbers below are written
         for key, value in test.items():
             writer.add_scalar(f"test/{key}", value, epoch)
         if "scores" in readings:
@@ -260,7 +280,11 @@ class Tracker:
         write_csv(self.run_dir / "classification_report.csv", header, rows)
         writer.add_text("test/classification_report", markdown_table(header, rows), epoch)
 
-    def _ask_for_test_figures(self, readings: dict, cm: np.ndarray | None) -> dict:
+    def ask_for_test_figures(self, readings: dict, cm: np.ndarray | None) -> dict:
+        """The test's figures (and curves.png), asked for at once: {file name or "card": the picture to come}."""
+        if not self.writes:
+            return {}
+        self.ask_for_curves()
         ask, drawn = self.painter.submit, {}
         curves = readings.get("curves")
         if curves:
@@ -360,7 +384,7 @@ class Tracker:
                 unwritten = err
         try:
             if status == "completed" and self.cfg.logging.hparams:
-                self.writer.file_writer.add_summary(self._session_end)
+                self.writer.add_summary(self._session_end)
             self.writer.close()
         finally:  # the status reaches metrics.json even when the event file cannot take another byte
             self.save_metrics(status=status)
@@ -435,14 +459,24 @@ class _Writer:
         def call(*args, **kwargs):
             if name.startswith("add_") and args and self._present(name, method, args, kwargs):
                 return None
-            try:
+            with self._naming_failures():
                 return method(*args, **kwargs)
-            except OSError as err:
-                if err.filename:
-                    raise
-                raise OSError(err.errno, err.strerror, str(self._event_file())) from err
 
         return call
+
+    def add_summary(self, summary: Summary, step: int | None = None) -> None:
+        """A Summary built by the caller, at `step`; the caller leaves out what `present` holds."""
+        with self._naming_failures():
+            self.writer.file_writer.add_summary(summary, step)
+
+    @contextlib.contextmanager
+    def _naming_failures(self):
+        try:
+            yield
+        except OSError as err:
+            if err.filename:
+                raise
+            raise OSError(err.errno, err.strerror, str(self._event_file())) from err
 
     def _present(self, name: str, method, args, kwargs) -> bool:
         if not self.present or name in ("add_custom_scalars", "add_graph", "add_hparams"):
