@@ -143,3 +143,28 @@ def test_a_long_curve_drawn_thinned_looks_the_same(monkeypatch, recipe):
     assert thinned.shape == whole.shape
     differing = np.abs(thinned.astype(int) - whole.astype(int)).max(-1) > 32
     assert differing.mean() < 0.005, f"{differing.mean():.2%} of the pixels differ"
+
+
+def test_a_sweep_draws_with_two_helpers_from_its_second_job_the_same_pictures(tmp_path):
+    """From a sweep's second job on, two helpers draw each job's end-of-run figures side by side: every job, and the
+    sweep's own curves.png, gets the pictures drawing them in the sweep's process gives."""
+    sweeps = {}
+    for name, env in (("helpers", {}), ("here", {"DLRUN_DRAW_IN_PROCESS": "1"})):
+        sweep_dir = tmp_path / name
+        code = (
+            "import dlrun\nfrom dlrun.observe import drawing\n"
+            "dlrun.sweep(['optimizer.lr=0.05,0.1,0.2', 'trainer.epochs=2', 'logging.graph=false', "
+            f"'hydra.sweep.dir={sweep_dir}'])\n"
+            "print('helpers', len(drawing.painter().alive()))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"helpers {2 if name == 'helpers' else 0}" in proc.stdout
+        sweeps[name] = sweep_dir
+    pngs = sorted(str(p.relative_to(sweeps["helpers"])) for p in sweeps["helpers"].rglob("*.png"))
+    assert pngs == sorted(str(p.relative_to(sweeps["here"])) for p in sweeps["here"].rglob("*.png"))
+    assert "curves.png" in pngs and len(pngs) == 1 + 3 * 4  # the sweep's, and each job's curves, PR, ROC and matrix
+    for name in pngs:
+        assert np.array_equal(pixels((sweeps["helpers"] / name).read_bytes()), pixels((sweeps["here"] / name).read_bytes())), name

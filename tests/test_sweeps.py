@@ -10,6 +10,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -569,3 +570,62 @@ def test_seed_groups_show_mean_and_std_over_finished_seeds(tmp_path, capsys):
     assert "0.9000 ± 0.0000" in out
     assert "model.hidden_sizes=[8],seed=3: failed" in out
     assert len(summary_rows(tmp_path)) == 5
+
+
+COUNT_COMPOSITIONS = """
+import sys
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+composed = []
+original = ConfigLoaderImpl.load_sweep_config
+def counted(self, master_config, sweep_overrides):
+    composed.append(tuple(sweep_overrides))
+    return original(self, master_config, sweep_overrides)
+ConfigLoaderImpl.load_sweep_config = counted
+import dlrun
+try:
+    dlrun.sweep(sys.argv[2:], config_dir=sys.argv[1])
+finally:
+    print("composed", len(composed))
+"""
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_composes_each_job_once_and_a_bad_one_before_any_job_runs(configs, tmp_path):
+    """Hydra's basic sweeper composes every job before the first runs, then again as each starts: dlrun's hands the
+    first composition to the job. Each job still gets its own values, and a job that cannot be composed stops the
+    sweep before any job has run."""
+    sweep_dir = tmp_path / "sweep"
+    args = [str(configs), "experiment=fast", "optimizer.lr=0.05,0.1,0.2", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", COUNT_COMPOSITIONS, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "composed 3" in proc.stdout, proc.stdout
+    for lr in ("0.05", "0.1", "0.2"):
+        saved = yaml.safe_load((sweep_dir / f"optimizer.lr={lr}" / ".hydra" / "config.yaml").read_text())
+        assert saved["optimizer"]["lr"] == float(lr)
+    nums = {
+        yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"] for job in job_dirs(sweep_dir).values()
+    }
+    assert nums == {0, 1, 2}
+    bad = tmp_path / "bad"
+    proc = run_dlrun(
+        "train", "-m", "model=mlp,no_such_model", "trainer.epochs=1", f"hydra.sweep.dir={bad}", cwd=tmp_path, check=False
+    )
+    assert proc.returncode != 0
+    assert "no_such_model" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(bad.rglob("metrics.json")), "a job ran before the sweep's configs were checked"
+
+
+def test_another_hydra_app_keeps_hydras_own_basic_sweeper():
+    """dlrun's sweeper replaces `hydra/sweeper=basic` in dlrun's own commands only, although Hydra's plugin scan runs
+    its module for any Hydra app in the environment."""
+    code = (
+        "import sys\n{}\nfrom hydra.core.plugins import Plugins\nfrom hydra.core.config_store import ConfigStore\n"
+        "Plugins.instance()\nprint(ConfigStore.instance().load('hydra/sweeper/basic.yaml').node._target_)\n"
+    )
+    hydras = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    for first, target in (("", hydras), ("import dlrun.app.train_cmd", "hydra_plugins.dlrun_sweeper.sweeper.ComposeOnceSweeper")):
+        proc = subprocess.run([sys.executable, "-c", code.format(first)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == target

@@ -15,9 +15,8 @@ import uuid
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
-from dlrun.config.check import check_rules
+from dlrun.config.check import check_rules, resolve
 from dlrun.config.schema import DDP
 from dlrun.core.errors import DlrunError
 from dlrun.core.io import read_json, write_json
@@ -73,7 +72,7 @@ def adopt_submitit_env() -> None:
 def run_on_devices(cfg, ctx: RunContext, verbose: bool = False, run_one=run) -> float:
     """The whole run: in the launching process, start the ranks; in a rank (or a single process), train."""
     adopt_submitit_env()
-    check_rules(OmegaConf.to_container(cfg, resolve=True), DDP)  # before any rank starts
+    check_rules({"trainer": resolve(cfg.trainer)}, DDP)  # before any rank starts (its keys are all trainer's)
     if cfg.trainer.get("devices", 1) > 1 and not started_as_rank():
         return launch(cfg, ctx, verbose)
     with ddp.rank_context():

@@ -139,7 +139,7 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
     @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
     def train(cfg):
         if is_main():  # the figures' helper imports matplotlib while this process imports torch (drawing.py)
-            drawing.painter()
+            drawing.painter().add_helpers(2 if _later_job_in_this_process() else 1)
         from dlrun.app import job  # the boundary: torch and the engine load only when a job runs
 
         ctx = job.context()
@@ -161,6 +161,18 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
             job.remove_if_never_started(ctx.run_dir)
 
     return train
+
+
+def _later_job_in_this_process() -> bool:
+    """A sweep's second job or later, run by the basic launcher (in this process): from then on two helpers draw
+    each job's end-of-run figures side by side, while this process waits for them. A single run keeps one helper,
+    as do the workers of joblib or submitit, which take the cores themselves."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    basic = hc.launcher.get("_target_", "").endswith(".BasicLauncher")
+    return hc.mode == RunMode.MULTIRUN and basic and (hc.job.num or 0) >= 1
 
 
 def named_dirs(args: list[str]) -> list[DirLock]:

@@ -115,8 +115,9 @@ def check_loss(cfg, num_classes: int | None) -> None:
         check_class_lists(loss, num_classes)
 
 
-def check(cfg) -> None:
-    """Every check before a run: the config's rules, then the dry build where the data's shape is known."""
+def check(cfg) -> dict:
+    """Every check before a run: the config's rules, then the dry build where the data's shape is known. The
+    config as plain values, every ${...} resolved."""
     values = check_config(cfg)
     for old, new in MOVED_KEYS.items():  # `+trainer.label_smoothing=...` adds the old key, which nothing reads
         if lookup(values, old)[0]:
@@ -125,6 +126,7 @@ def check(cfg) -> None:
     check_loss(values, shape[1] if shape is not None else None)
     if shape is not None:
         check_build(values, *shape)
+    return values
 
 
 def _check_monitors(trainer, task: str) -> None:

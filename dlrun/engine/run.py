@@ -78,7 +78,7 @@ class Parts:
 def run(cfg, ctx: RunContext) -> float:
     """Train one run in this process (one rank of several, or the only one); the monitored best value."""
     console = Console()
-    check(cfg)
+    values = check(cfg)
     device = ddp.setup(cfg, resolve_device(cfg.device))
     seed_everything(cfg.seed)
     parts = build_parts(cfg, device)
@@ -89,7 +89,7 @@ def run(cfg, ctx: RunContext) -> float:
         )
         return resumed["best"]["value"]
     state = resume(cfg, parts, resumed, console, ctx.run_dir)
-    tracker = open_tracker(cfg, parts, ctx, resumed)
+    tracker = open_tracker(cfg, parts, ctx, resumed, values)
     announce(cfg, parts, console, ctx.run_dir)
     if not resumed:
         try:  # a first epoch stopped can resume
@@ -150,7 +150,8 @@ def resume(cfg, parts: Parts, resumed: dict | None, console: Console, run_dir: P
     return LoopState.resumed(cfg.trainer.mode, resumed, cfg.trainer.epochs)
 
 
-def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tracker:
+def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None, values: dict) -> Tracker:
+    """`values`: the config resolved (check's), for TensorBoard's HParams tab."""
     total, trainable = count_parameters(parts.built.model)
     info = {
         "run_dir": str(ctx.run_dir),
@@ -172,7 +173,7 @@ def open_tracker(cfg, parts: Parts, ctx: RunContext, resumed: dict | None) -> Tr
         for stale in ctx.run_dir.glob("events.out.tfevents.*"):
             stale.unlink()
     val_counts = class_counts(parts.data.val, parts.data.num_classes) if parts.data.task == "classification" else None
-    tracker = Tracker(ctx.run_dir, cfg, parts.data.classes, info, resumed, ctx.overrides, val_counts=val_counts)
+    tracker = Tracker(ctx.run_dir, cfg, parts.data.classes, info, resumed, ctx.overrides, val_counts, values)
     if not resumed:
         tracker.log_graph(parts.built.model, torch.zeros(1, *parts.data.in_shape, device=parts.device))
     return tracker

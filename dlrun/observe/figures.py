@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hi
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont, get_font
+from matplotlib.ticker import MaxNLocator
 
 from dlrun.observe.png import save_png
 
@@ -302,6 +303,45 @@ def curves_figure(history: list[dict], metrics=("loss", "accuracy", "f1")):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    return fig
+
+
+def sweep_curves_figure(lines: list[dict], panels) -> Figure:
+    """A sweep's curves.png: one panel per (key, title) of `panels`, one line per job or group as
+    summary.curve_lines gives them ({"index", "of", "name", "best", "values": {key: (mean, std or None)}});
+    the best one thick and starred, each group's std shaded about its mean."""
+    fig = Figure(figsize=(5 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for line in lines:
+        n = line["of"]
+        colour = matplotlib.colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"](
+            line["index"] % 20 if n <= 20 else line["index"] / max(n - 1, 1)
+        )
+        for ax, (key, _) in zip(axes[0], panels):
+            if key not in line["values"]:
+                continue
+            mean, std = line["values"][key]
+            epochs = np.arange(1, len(mean) + 1)
+            label = ("* " if line["best"] else "") + line["name"]
+            width = 2.5 if line["best"] else 1.2
+            ax.plot(
+                epochs, mean, marker="o" if len(mean) < 30 else None, markersize=3, color=colour, linewidth=width, label=label
+            )
+            if std is not None:
+                ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+    for ax, (_, title) in zip(axes[0], panels):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[0][-1].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, min(0.5, 0.06 * -(-len(handles) // 3) + 0.02), 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 

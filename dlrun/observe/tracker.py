@@ -52,10 +52,12 @@ class Tracker:
         resume: dict | None = None,
         overrides: list[str] = (),
         val_counts: np.ndarray | None = None,
+        resolved: dict | None = None,
     ):
         """`resume`: last.pt's state when continuing a run (its history, step and wall time so far);
         `overrides`: the command line's, so that HParams shows a swept key even at its default value;
-        `val_counts`: each class's count in the val split, which sizes the val confusion cards."""
+        `val_counts`: each class's count in the val split, which sizes the val confusion cards; `resolved`: the
+        config with its interpolations resolved, when the caller has it (else HParams resolves it again)."""
         self.run_dir = Path(run_dir)
         self.classes = classes
         self.history: list[dict] = list(resume["history"]) if resume else []
@@ -94,7 +96,7 @@ class Tracker:
             # timestamped run) so that each run is one run in TensorBoard and in the HParams tab.
             # No experiment summary per run: TensorBoard then works out which values differ over all the
             # runs it reads; a sweep writes one experiment for its jobs when it ends (dashboards.py says why).
-            ssi, sei = dashboards.session_summaries(cfg, overrides)
+            ssi, sei = dashboards.session_summaries(cfg if resolved is None else resolved, overrides)
             self._session_end = sei
             if (metadata.SESSION_START_INFO_TAG, 0) not in present:
                 self.writer.add_summary(ssi)

@@ -2,6 +2,7 @@
 
 Nothing here imports torch: `dlrun compare` and a sweep's summary read runs without it."""
 
+import contextlib
 import csv
 import json
 import math
@@ -235,6 +236,9 @@ def resolved(config: dict) -> dict:
     """The saved config with its interpolations resolved (`${oc.select:dataset.epochs,20}` -> 20), key by key:
     one that cannot be resolved outside its job (`${hydra:...}`, a missing key) keeps its saved text."""
     conf = OmegaConf.create(config)
+    if not any(u in str(config) for u in UNRESOLVABLE):
+        with contextlib.suppress(Exception):  # one that cannot be: key by key, below (a tenth of the speed)
+            return OmegaConf.to_container(conf, resolve=True)
 
     def walk(node, prefix: str):
         if isinstance(node, dict):

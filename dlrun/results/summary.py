@@ -13,7 +13,9 @@ import numpy as np
 from dlrun.core.errors import DlrunError
 from dlrun.core.io import read_yaml, write_csv, write_json, write_text
 from dlrun.core.text import did_you_mean
+from dlrun.observe import drawing
 from dlrun.observe.console import Console
+from dlrun.observe.png import write_png
 from dlrun.observe.tables import markdown_table, print_table
 from dlrun.results.runs import Run, find_runs, float_or_nan
 
@@ -419,9 +421,8 @@ def write_summary(summary: Summary, title: str, with_names: bool) -> None:
         },
     )
     write_text(out / "summary.md", summary_markdown(summary, title, with_names))
-    from dlrun.observe.figures import save_figure  # matplotlib only once a figure is saved: `dlrun runs` imports this module
-
-    save_figure(curves_figure(summary), out / "curves.png")
+    # A sweep's end: its jobs' helpers have matplotlib loaded and nothing to draw; `dlrun compare` draws it here.
+    write_png(drawing.draw_with_helpers_if_running("sweep_curves_figure", *curve_lines(summary)).png, out / "curves.png")
 
 
 def job_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
@@ -482,62 +483,30 @@ def _csv(values: list[float]) -> str:
     return "" if math.isnan(value) else f"{value:.10g}"
 
 
-def curves_figure(summary: Summary):
-    """Val accuracy, val loss and train loss per epoch, one line per job (or per group's mean, shaded ± std)."""
-    from matplotlib import colormaps  # matplotlib only once a figure is drawn: `dlrun train` imports this module
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
+def curve_lines(summary: Summary) -> tuple[list[dict], tuple]:
+    """What curves.png draws: val accuracy (a regression's rmse), val loss and train loss per epoch, one line per job
+    (or per group's mean over its seeds, with their std), ranked best first; and the panels' (key, title)."""
     rows = summary.ranked
     # regression runs have no accuracy: their rmse takes its panel
     regression = not any("val/accuracy" in h[0] for r in rows for h in (run.history for run in r.runs) if h)
     curves = REGRESSION_CURVES if regression and any(run.history for r in rows for run in r.runs) else CURVES
-    fig = Figure(figsize=(5 * len(curves), 4.2))
-    axes = fig.subplots(1, len(curves), squeeze=False)
-    colors = colormaps["tab10" if len(rows) <= 10 else "tab20" if len(rows) <= 20 else "viridis"]
     best = rows[0] if rows and not math.isnan(rows[0].score) else None
+    lines = []
     for i, row in enumerate(rows):
         histories = [r.history for r in row.runs if r.history]
         if not histories:
             continue
-        color = colors(i % 20 if len(rows) <= 20 else i / max(len(rows) - 1, 1))
         length = max(len(h) for h in histories)
-        epochs = np.arange(1, length + 1)
-        for ax, (key, _) in zip(axes[0], curves):
-            values = np.full((len(histories), length), np.nan)
+        values = {}
+        for key, _ in curves:
+            table = np.full((len(histories), length), np.nan)
             for j, history in enumerate(histories):
-                values[j, : len(history)] = [h.get(key, math.nan) for h in history]
-            if np.isnan(values).all():
-                continue
-            mean = np.nanmean(values, axis=0)
-            label = ("* " if row is best else "") + (row.name if len(row.name) <= 60 else row.name[:57] + "...")
-            ax.plot(
-                epochs,
-                mean,
-                marker="o" if length < 30 else None,
-                markersize=3,
-                color=color,
-                linewidth=2.5 if row is best else 1.2,
-                label=label,
-            )
-            if len(histories) > 1:
-                std = np.nanstd(values, axis=0)
-                ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
-    for ax, (_, title) in zip(axes[0], curves):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if not handles:
-        handles, labels = axes[0][-1].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False)
-        rows_of_legend = math.ceil(len(handles) / 3)
-        fig.tight_layout(rect=(0, min(0.5, 0.06 * rows_of_legend + 0.02), 1, 1))
-    else:
-        fig.tight_layout()
-    return fig
+                table[j, : len(history)] = [h.get(key, math.nan) for h in history]
+            if not np.isnan(table).all():
+                values[key] = (np.nanmean(table, axis=0), np.nanstd(table, axis=0) if len(histories) > 1 else None)
+        name = row.name if len(row.name) <= 60 else row.name[:57] + "..."
+        lines.append({"index": i, "of": len(rows), "name": name, "best": row is best, "values": values})
+    return lines, curves
 
 
 def summarize(
