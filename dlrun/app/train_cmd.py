@@ -139,7 +139,7 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
     @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
     def train(cfg):
         if is_main():  # the figures' helper imports matplotlib while this process imports torch (drawing.py)
-            drawing.painter().add_helpers(2 if _later_job_in_this_process() else 1)
+            drawing.painter().add_helpers(_helpers_wanted())
         from dlrun.app import job  # the boundary: torch and the engine load only when a job runs
 
         ctx = job.context()
@@ -163,16 +163,13 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
     return train
 
 
-def _later_job_in_this_process() -> bool:
-    """A sweep's second job or later, run by the basic launcher (in this process): from then on two helpers draw
-    each job's end-of-run figures side by side, while this process waits for them. A single run keeps one helper,
-    as do the workers of joblib or submitit, which take the cores themselves."""
+def _helpers_wanted() -> int:
+    """Two figure helpers where this process runs its jobs itself (a single run, or the basic launcher's sweep): a
+    run's end-of-run figures are then drawn two at a time while it waits. One in the workers of joblib or submitit,
+    whose jobs take the cores themselves."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    hc = HydraConfig.get()
-    basic = hc.launcher.get("_target_", "").endswith(".BasicLauncher")
-    return hc.mode == RunMode.MULTIRUN and basic and (hc.job.num or 0) >= 1
+    return 2 if HydraConfig.get().launcher.get("_target_", "").endswith(".BasicLauncher") else 1
 
 
 def named_dirs(args: list[str]) -> list[DirLock]:

@@ -36,9 +36,11 @@ RECIPES = (
     "decision_boundary_figure",
 )
 _HEADER = struct.Struct("<Q")
-# About how long each takes to draw, in tens of milliseconds (a 10-class run's figures on a 2-core CPU): a picture
-# goes to the helper owing the least time, so that a run's end-of-run figures finish together. Others: 5.
-COST = {"curves_figure": 10, "pr_curve_figure": 6, "roc_curve_figure": 6, "confusion_pixels": 1, "image_grid_pixels": 2}
+READY = 0  # the helper's first message, once matplotlib is imported; requests are numbered from 1
+# About how long each takes to draw, in tens of milliseconds (a 10-class run's figures on a 2-core CPU; a confusion
+# card as its frame's first): a picture goes to the helper owing the least time, so that a run's end-of-run figures
+# finish together. Others: 5.
+COST = {"curves_figure": 10, "pr_curve_figure": 6, "roc_curve_figure": 6, "confusion_pixels": 5, "image_grid_pixels": 2}
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def serve() -> None:
     from dlrun.observe import figures  # noqa: F401 - matplotlib, while the run imports torch
 
     try:
+        _write(answers, (READY, True, None))  # imported: a second helper may start its import now
         while (message := _read(requests)) is not None:
             ident, recipe, args, kwargs = message
             try:
@@ -119,12 +122,16 @@ def _plain(value):
 
 
 class Painter:
-    """The run's side of the helpers: `submit` returns at once with a Future of the picture. One helper at first;
-    a sweep's later jobs add a second (add_helpers), so that a job's end-of-run figures are drawn two at a time."""
+    """The run's side of the helpers: `submit` returns at once with a Future of the picture.
+
+    A run's end asks for several figures at once (curves, PR and ROC curves, the confusion matrices), which two
+    helpers draw side by side while the run waits. The second starts when the first has imported matplotlib, so
+    that the two imports never take a core from each other, nor from the run's own import of torch."""
 
     def __init__(self, helpers: int = 1):
         self.lock = threading.Lock()
         self.next_id = 0
+        self.wanted = 0
         self.helpers: list[_Helper] = []
         self.add_helpers(helpers)
 
@@ -140,18 +147,25 @@ class Painter:
         return [h for h in self.helpers if h.alive and h.proc.poll() is None]
 
     def add_helpers(self, wanted: int) -> None:
-        """Start helpers until `wanted` of them run (fewer where they cannot start)."""
+        """Helpers up to `wanted` in all, one at a time (fewer where they cannot start; none is started again)."""
         with self.lock:
-            for _ in range(wanted - len(self.alive())):
-                proc = _start_helper()
-                if proc is None:
-                    return
-                self.helpers.append(_Helper(proc))
+            self.wanted = max(self.wanted, wanted)
+        self._grow()
+
+    def _grow(self) -> None:
+        with self.lock:
+            if len(self.helpers) >= self.wanted or any(h.alive and not h.ready for h in self.helpers):
+                return
+            proc = _start_helper()
+            if proc is None:
+                self.wanted = len(self.helpers)
+                return
+            self.helpers.append(_Helper(proc, on_ready=self._grow))
 
     def submit(self, recipe: str, *args, **kwargs) -> Future:
         future: Future = Future()
         args, kwargs = _plain(args), _plain(kwargs)
-        for helper in self._choices(recipe):
+        for helper in self._choices():
             with self.lock:
                 self.next_id += 1
                 ident = self.next_id
@@ -160,25 +174,23 @@ class Painter:
         _draw_here(future, recipe, args, kwargs)  # no helper: in this process, now
         return future
 
-    def _choices(self, recipe: str) -> list["_Helper"]:
-        """The helpers to ask, best first. A confusion card goes to the first helper, which keeps the cards' frames
-        (matplotlib's part of them); any other picture to the one owing the least time, the last on a tie."""
-        alive = self.alive()
-        if recipe == "confusion_pixels":
-            return alive
-        return sorted(reversed(alive), key=_Helper.owed)
+    def _choices(self) -> list["_Helper"]:
+        """The helpers to ask, best first: the one owing the least time, the first on a tie. So each epoch's val card,
+        asked for when both are idle, goes to the first, which keeps its frame (matplotlib's part of it)."""
+        return sorted(self.alive(), key=_Helper.owed)
 
 
 class _Helper:
     """One helper process: the requests go out in order on one thread, the answers come back on another."""
 
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc: subprocess.Popen, on_ready=lambda: None):
         self.proc = proc
+        self.on_ready = on_ready  # called once it has imported matplotlib, or has stopped before
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.pending: dict[int, tuple[Future, tuple]] = {}
         self.outbox: list = []
-        self.alive = True
+        self.alive, self.ready = True, False
         threading.Thread(target=self._send, name="dlrun-drawing-send", daemon=True).start()
         threading.Thread(target=self._receive, name="dlrun-drawing-receive", daemon=True).start()
 
@@ -222,6 +234,10 @@ class _Helper:
                 self._gone()
                 return
             ident, ok, value = message
+            if ident == READY:
+                self.ready = True
+                self.on_ready()
+                continue
             with self.lock:
                 future, _ = self.pending.pop(ident, (None, None))
             if future is None:
@@ -240,6 +256,8 @@ class _Helper:
             self.pending.clear()
             self.outbox.clear()
             self.wake.notify_all()
+        if not self.ready:
+            self.on_ready()  # the next one may start: this one never will be ready
         for future, (recipe, args, kwargs) in left:
             _draw_here(future, recipe, args, kwargs)
 
