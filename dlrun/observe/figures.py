@@ -337,11 +337,15 @@ def sweep_curves_figure(lines: list[dict], panels) -> Figure:
     handles, labels = axes[0][0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[0][-1].get_legend_handles_labels()
+    # Fixed margins, in inches, as curves_figure's (tight_layout would draw the figure once more to measure it):
+    # the legend's rows below, in up to half the height, then the tick labels and the axis name.
+    legend = min(0.5, 0.06 * -(-len(handles) // 3) + 0.02) if handles else 0.0
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, min(0.5, 0.06 * -(-len(handles) // 3) + 0.02), 1, 1))
-    else:
-        fig.tight_layout()
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=0.6 / width, right=1 - 0.15 / width, bottom=legend + 0.55 / height, top=1 - 0.35 / height, wspace=0.22
+    )
     return fig
 
 
