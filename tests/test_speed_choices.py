@@ -216,3 +216,22 @@ def test_a_card_of_the_val_class_counts_has_the_frame_of_the_real_val_cards():
     drawn = figures.render(figures.confusion_figure(cm, classes, "val epoch 1", normalized_too=False))
     assert card.shape == drawn.shape
     assert np.abs(card.astype(int) - drawn.astype(int)).max(-1).mean() < 8
+
+
+def test_the_test_pass_takes_one_cpu_thread_while_the_helpers_draw():
+    """On a CPU the test pass runs beside the figures' helpers on one torch thread, then the run's threads return."""
+    import torch
+
+    from dlrun.engine.run import beside_the_helpers
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with beside_the_helpers(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), beside_the_helpers(torch.device("cpu")):
+            raise RuntimeError("a failing test pass")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
