@@ -4,6 +4,7 @@ Nothing here imports torch: `dlrun train --help` and `--cfg job` stay fast. The 
 engine when a job actually runs."""
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -141,6 +142,10 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
         if is_main():  # the figures' helper imports matplotlib while this process imports torch (drawing.py)
             drawing.painter().add_helpers(_helpers_wanted())
         from dlrun.app import job  # the boundary: torch and the engine load only when a job runs
+
+        if not gc.isenabled():  # the dlrun command's start-up is over: what it made stays uncollected (cli.entry)
+            gc.freeze()
+            gc.enable()
 
         ctx = job.context()
         if ctx.is_sweep:
