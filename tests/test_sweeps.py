@@ -575,32 +575,41 @@ def test_seed_groups_show_mean_and_std_over_finished_seeds(tmp_path, capsys):
 COUNT_COMPOSITIONS = """
 import sys
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
-composed = []
-original = ConfigLoaderImpl.load_sweep_config
-def counted(self, master_config, sweep_overrides):
-    composed.append(tuple(sweep_overrides))
-    return original(self, master_config, sweep_overrides)
-ConfigLoaderImpl.load_sweep_config = counted
+merged = []
+original = ConfigLoaderImpl._compose_config_from_defaults_list
+def counted(self, defaults, repo):
+    merged.append(1)
+    return original(self, defaults=defaults, repo=repo)
+ConfigLoaderImpl._compose_config_from_defaults_list = counted
 import dlrun
 try:
     dlrun.sweep(sys.argv[2:], config_dir=sys.argv[1])
 finally:
-    print("composed", len(composed))
+    print("merged", len(merged))
 """
 
 
-@pytest.mark.slow
-def test_a_grid_sweep_composes_each_job_once_and_a_bad_one_before_any_job_runs(configs, tmp_path):
-    """Hydra's basic sweeper composes every job before the first runs, then again as each starts: dlrun's hands the
-    first composition to the job. Each job still gets its own values, and a job that cannot be composed stops the
-    sweep before any job has run."""
-    sweep_dir = tmp_path / "sweep"
-    args = [str(configs), "experiment=fast", "optimizer.lr=0.05,0.1,0.2", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.run(
+def count_merges(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-c", COUNT_COMPOSITIONS, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "composed 3" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_merges_its_defaults_once_and_checks_a_bad_job_before_any_runs(configs, tmp_path):
+    """Hydra's basic sweeper composes every job before the first runs, then again as each starts; dlrun's hands the
+    first composition to the job, and a job that differs from the first in values only starts from the first's
+    merged defaults. Each job still gets its own values, a sweep over a group merges each job's own defaults, and a
+    job that cannot be composed stops the sweep before any job has run."""
+
+    def merges(*overrides: str) -> int:
+        proc = count_merges(tmp_path, str(configs), "experiment=fast", *overrides)
+        assert proc.returncode == 0, proc.stderr
+        return int(re.search(r"^merged (\d+)$", proc.stdout, re.M).group(1))
+
+    one_job = merges("optimizer.lr=0.05", f"hydra.sweep.dir={tmp_path / 'one'}")  # the sweep's own config, then the job's
+    sweep_dir = tmp_path / "sweep"
+    assert merges("optimizer.lr=0.05,0.1,0.2", f"hydra.sweep.dir={sweep_dir}") == one_job
     for lr in ("0.05", "0.1", "0.2"):
         saved = yaml.safe_load((sweep_dir / f"optimizer.lr={lr}" / ".hydra" / "config.yaml").read_text())
         assert saved["optimizer"]["lr"] == float(lr)
@@ -608,6 +617,13 @@ def test_a_grid_sweep_composes_each_job_once_and_a_bad_one_before_any_job_runs(c
         yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"] for job in job_dirs(sweep_dir).values()
     }
     assert nums == {0, 1, 2}
+    groups = tmp_path / "groups"
+    assert merges("initializer=default,xavier_uniform", f"hydra.sweep.dir={groups}") == one_job + 1
+    chosen = {
+        yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]["initializer"]
+        for job in job_dirs(groups).values()
+    }
+    assert chosen == {"default", "xavier_uniform"}
     bad = tmp_path / "bad"
     proc = run_dlrun(
         "train", "-m", "model=mlp,no_such_model", "trainer.epochs=1", f"hydra.sweep.dir={bad}", cwd=tmp_path, check=False
@@ -615,6 +631,54 @@ def test_a_grid_sweep_composes_each_job_once_and_a_bad_one_before_any_job_runs(c
     assert proc.returncode != 0
     assert "no_such_model" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(bad.rglob("metrics.json")), "a job ran before the sweep's configs were checked"
+    bad_value = tmp_path / "bad_value"
+    proc = run_dlrun(
+        "train",
+        "-m",
+        "trainer.epochs=1",
+        "optimizer.lr=0.1,0.2",
+        "+optimizer.lr=0.3",
+        f"hydra.sweep.dir={bad_value}",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert not list(bad_value.rglob("metrics.json"))
+
+
+# Sweeps whose jobs the composer of the basic launcher composes: by values only, over groups, an experiment bundle,
+# keys added with +, lists, and a sweep whose jobs set different keys.
+SWEEPS = [
+    [
+        ["optimizer.lr=0.1", "trainer.epochs=3"],
+        ["optimizer.lr=0.2", "trainer.epochs=3"],
+        ["optimizer.lr=0.3", "trainer.epochs=3"],
+    ],
+    [["model=mlp"], ["model=cnn"], ["model=mlp"]],
+    [["experiment=momentum", "optimizer.momentum=0"], ["experiment=momentum", "optimizer.momentum=0.5"]],
+    [["+foo=1"], ["+foo=2"], ["++trainer.epochs=4"]],
+    [["model.hidden_sizes=[8,8]", "seed=1"], ["model.hidden_sizes=[16]", "seed=2"], ["model.hidden_sizes=[4]", "seed=3"]],
+    [["dataset=spiral", "optimizer.lr=0.1"], ["dataset=spiral", "optimizer.lr=0.5"], ["dataset=digits", "optimizer.lr=0.5"]],
+]
+
+
+@pytest.mark.parametrize("jobs", SWEEPS, ids=lambda jobs: jobs[0][0])
+def test_each_job_config_is_what_hydras_own_composition_gives(jobs):
+    """The oracle is Hydra's own loader: each job's config, its `hydra` node and its flags are what Hydra composes."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from hydra_plugins.dlrun_sweeper.sweeper import DefaultsOnce
+
+    with initialize_config_module("dlrun.configs", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", ["hydra.sweep.dir=/tmp/sweep"], RunMode.MULTIRUN)
+        composer = DefaultsOnce(loader)
+        for job in jobs:
+            hydras, ours = loader.load_sweep_config(master, job), composer.load_sweep_config(master, job)
+            assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras), job
+            assert OmegaConf.is_struct(ours) and not OmegaConf.is_readonly(ours.hydra)
+            assert OmegaConf.to_container(ours.optimizer, resolve=True) == OmegaConf.to_container(hydras.optimizer, resolve=True)
 
 
 def test_another_hydra_app_keeps_hydras_own_basic_sweeper():
