@@ -124,6 +124,33 @@ def test_the_misclassified_grid_shows_what_matplotlib_draws():
         assert np.abs(untitled.astype(int) - drawn.astype(int)).max(-1).mean() > difference.mean() + 0.5
 
 
+def test_kept_figures_draw_what_a_fresh_figure_draws():
+    """curves.png, pr_curve.png and roc_curve.png are drawn on the figure of the last run with the same layout (its
+    ticks and labels stay): pixel for pixel the picture a new figure gives, for longer and shorter histories, other
+    scores and fewer classes, after each other."""
+    from dlrun.observe import figures
+
+    rng = np.random.default_rng(0)
+    metrics = ("loss", "accuracy", "f1")
+    for epochs in (3, 1, 30, 2):
+        history = [
+            {"epoch": e, **{f"{s}/{m}": float(rng.random() * 3) for s in ("train", "val") for m in metrics}}
+            for e in range(1, epochs + 1)
+        ]
+        fresh = figures.render(figures.curves_figure(history, metrics))
+        assert np.array_equal(figures.curves_pixels(history, metrics), fresh), epochs
+    for classes in (10, 10, 3, 10):
+        curves = {}
+        for c in range(classes):
+            x = np.sort(rng.random(50))
+            curves[f"class {c}"] = (x, np.sort(rng.random(50))[::-1], float(rng.random()))
+        for pixels, figure in (
+            (figures.pr_curve_pixels, figures.pr_curve_figure),
+            (figures.roc_curve_pixels, figures.roc_curve_figure),
+        ):
+            assert np.array_equal(pixels(curves, "test"), figures.render(figure(curves, "test"))), (pixels.__name__, classes)
+
+
 OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]
 
 

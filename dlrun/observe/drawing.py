@@ -24,10 +24,10 @@ from dlrun.observe.png import png_bytes
 RECIPES = (
     "confusion_pixels",
     "image_grid_pixels",
-    "pr_curve_figure",
-    "roc_curve_figure",
+    "pr_curve_pixels",
+    "roc_curve_pixels",
     "threshold_figure",
-    "curves_figure",
+    "curves_pixels",
     "sweep_curves_figure",
     "predictions_figure",
     "residuals_figure",
@@ -37,10 +37,10 @@ RECIPES = (
 )
 _HEADER = struct.Struct("<Q")
 READY = 0  # the helper's first message, once matplotlib is imported; requests are numbered from 1
-# About how long each takes to draw, in tens of milliseconds (a 10-class run's figures on a 2-core CPU; a confusion
-# card as its frame's first): a picture goes to the helper owing the least time, so that a run's end-of-run figures
-# finish together. Others: 5.
-COST = {"curves_figure": 10, "pr_curve_figure": 6, "roc_curve_figure": 6, "confusion_pixels": 5, "image_grid_pixels": 2}
+# About how long each takes to draw, in units of 10 ms (a 10-class run's figures on a 2-core CPU, a helper's second
+# of each: its first builds the frame the others reuse): a picture goes to the helper owing the least time, so that
+# a run's end-of-run figures finish together. Others: 5.
+COST = {"curves_pixels": 6, "pr_curve_pixels": 5, "roc_curve_pixels": 5, "confusion_pixels": 1, "image_grid_pixels": 2}
 
 
 @dataclass(frozen=True)

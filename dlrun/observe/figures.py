@@ -4,6 +4,7 @@ matrix, PR and ROC curves, the threshold sweep of a binary task, learning curves
 matplotlib through its object API, drawn by the Agg canvas: no pyplot state and no screen needed."""
 
 import functools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,12 +299,38 @@ def curves_figure(history: list[dict], metrics=("loss", "accuracy", "f1")):
             key = f"{split}/{metric}"
             if history and key in history[0]:
                 ax.plot(epochs, [row[key] for row in history], style, marker="o", markersize=3, label=split)
-        ax.set_title(metric)
+        # y given: matplotlib then skips measuring the axes to lift the title over any tick labels on top (none here)
+        ax.set_title(metric, y=1.0)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return fig
+
+
+def curves_pixels(history: list[dict], metrics=("loss", "accuracy", "f1")) -> np.ndarray:
+    """The picture of curves_figure(history, metrics) as (H, W, 3) uint8 RGB, a third faster: the figure of the last
+    history with the same curves is drawn again with this one's points (its axes keep the ticks and labels that
+    matplotlib builds slowly, on first use)."""
+    shown = tuple(f"{split}/{m}" for m in metrics for split in ("train", "val") if history and f"{split}/{m}" in history[0])
+    with _kept_lock:
+        fig = _kept.get(("curves", tuple(metrics), shown))
+        if fig is None:
+            _kept[("curves", tuple(metrics), shown)] = fig = curves_figure(history, metrics)
+        else:
+            epochs = [row["epoch"] for row in history]
+            for ax, metric in zip(fig.axes, metrics):
+                keys = [key for key in (f"train/{metric}", f"val/{metric}") if key in shown]
+                for line, key in zip(ax.lines, keys):
+                    line.set_data(epochs, [row[key] for row in history])
+                ax.relim()
+                ax.autoscale_view()
+        return render(fig)
+
+
+# Figures kept between drawings (curves_pixels, pr_curve_pixels, roc_curve_pixels), by layout; a few per process.
+_kept: dict = {}
+_kept_lock = threading.Lock()
 
 
 def sweep_curves_figure(lines: list[dict], panels) -> Figure:
@@ -331,7 +358,7 @@ def sweep_curves_figure(lines: list[dict], panels) -> Figure:
                 ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
     for ax, (_, title) in zip(axes[0], panels):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title)
+        ax.set_title(title, y=1.0)  # y given: see curves_figure
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -423,14 +450,47 @@ def _highlighted(curves: dict) -> tuple[list[str], str]:
 
 def _curves_figure(curves: dict, score: str, axes_names: tuple[str, str], title: str, steps: bool, chance: bool) -> Figure:
     """One line per class with its score in the legend, which sits below the axes where it cannot cover a curve."""
+    fig = _curves_frame(*_curves_layout(curves), axes_names)
+    _draw_curves(fig, curves, score, title, steps, chance)
+    return fig
+
+
+def _curves_pixels(curves: dict, score: str, axes_names: tuple[str, str], title: str, steps: bool, chance: bool):
+    """The picture of _curves_figure as (H, W, 3) uint8 RGB: the frame of the last figure of this size and axes (its
+    ticks and labels stay), its curves, title and legend replaced by these."""
+    layout = _curves_layout(curves)
+    with _kept_lock:
+        fig = _kept.get(("curves of classes", *layout, axes_names))
+        if fig is None:
+            fig = _kept[("curves of classes", *layout, axes_names)] = _curves_frame(*layout, axes_names)
+        for artist in [*fig.axes[0].lines, *fig.legends]:
+            artist.remove()
+        _draw_curves(fig, curves, score, title, steps, chance)
+        return render(fig)
+
+
+def _curves_layout(curves: dict) -> tuple[float, float, float]:
+    """(width, height, legend height), in inches: the plot about 4 inches square, its title above, its tick labels
+    and axis name below, then the legend's rows (0.17 inches each at 8 points)."""
     named, which = _highlighted(curves)
     rows = -(-(len(named) + 1) // 2)
-    # The plot about 4 inches square: its title above, its tick labels and axis name below, then the legend's
-    # rows (0.17 inches each at 8 points). Fixed margins, in inches: a layout engine draws the figure twice more.
     legend = 0.17 * rows + 0.08 + (0.2 if which else 0)
-    width, height = 4.6, 4.85 + 0.19 * rows + (0.2 if which else 0)
+    return 4.6, 4.85 + 0.19 * rows + (0.2 if which else 0), legend
+
+
+def _curves_frame(width: float, height: float, legend: float, axes_names: tuple[str, str]) -> Figure:
+    # Fixed margins, in inches: a layout engine draws the figure twice more.
     fig = Figure(figsize=(width, height), dpi=DPI)
     ax = fig.add_axes((0.52 / width, (0.5 + legend) / height, 3.96 / width, (height - 0.77 - legend) / height))
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=axes_names[0], ylabel=axes_names[1])
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    return fig
+
+
+def _draw_curves(fig: Figure, curves: dict, score: str, title: str, steps: bool, chance: bool) -> None:
+    ax = fig.axes[0]
+    named, which = _highlighted(curves)
     colours = iter(matplotlib.colormaps["tab10"].colors)
     for name in [name for name in curves if name not in named]:  # the unnamed majority, faint, underneath
         x, y = _thinned(*curves[name][:2])
@@ -440,14 +500,10 @@ def _curves_figure(curves: dict, score: str, axes_names: tuple[str, str], title:
         label = f"{name} ({score} {value:.3f})"
         ax.plot(x, y, color=next(colours), linewidth=1.6, clip_on=False, label=label, **_steps(x, steps))
     mean = np.mean([value for _, _, value in curves.values()]) if curves else float("nan")
-    ax.set_title(f"{title}, mean {score} {mean:.3f}", fontsize=10)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=axes_names[0], ylabel=axes_names[1])
+    ax.set_title(f"{title}, mean {score} {mean:.3f}", fontsize=10, y=1.0)  # y given: see curves_figure
     if chance:
         ax.plot((0, 1), (0, 1), linestyle="--", color="0.4", linewidth=1, label=f"chance ({score} 0.500)")
-    ax.grid(alpha=0.3)
-    ax.tick_params(labelsize=8)
     _legend_below(fig, ax, which, loc="lower center")
-    return fig
 
 
 # A curve's points closer than this share of the axes to the one before them are one point on a ~400 px plot.
@@ -483,17 +539,29 @@ def _legend_below(fig: Figure, ax, title: str = "", loc: str = "outside lower ce
         fig.legend(handles, labels, loc=loc, ncols=2, fontsize=8, title=title or None, title_fontsize=8, frameon=False)
 
 
+PR_AXES, ROC_AXES = ("recall", "precision"), ("false positive rate", "true positive rate")
+
+
 def pr_curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Figure:
     """Precision against recall, one line per class: curves maps a class name to (recall, precision, average precision).
     Beyond LEGEND_MAX classes only the highest and lowest few are coloured and named; the rest stay faint grey."""
-    return _curves_figure(curves, "AP", ("recall", "precision"), f"{title} precision-recall".strip(), steps=True, chance=False)
+    return _curves_figure(curves, "AP", PR_AXES, f"{title} precision-recall".strip(), steps=True, chance=False)
 
 
 def roc_curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Figure:
     """True against false positive rate, one line per class: curves maps a class name to (fpr, tpr, AUROC),
     over the dashed diagonal of a classifier that guesses."""
-    axes_names = ("false positive rate", "true positive rate")
-    return _curves_figure(curves, "AUROC", axes_names, f"{title} ROC".strip(), steps=False, chance=True)
+    return _curves_figure(curves, "AUROC", ROC_AXES, f"{title} ROC".strip(), steps=False, chance=True)
+
+
+def pr_curve_pixels(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> np.ndarray:
+    """The picture of pr_curve_figure(curves, title) as (H, W, 3) uint8 RGB (see _curves_pixels)."""
+    return _curves_pixels(curves, "AP", PR_AXES, f"{title} precision-recall".strip(), steps=True, chance=False)
+
+
+def roc_curve_pixels(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> np.ndarray:
+    """The picture of roc_curve_figure(curves, title) as (H, W, 3) uint8 RGB (see _curves_pixels)."""
+    return _curves_pixels(curves, "AUROC", ROC_AXES, f"{title} ROC".strip(), steps=False, chance=True)
 
 
 def threshold_figure(thresholds, precision, recall, f1, best: float, default: float = 0.5, title: str = "") -> Figure:

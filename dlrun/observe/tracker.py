@@ -292,8 +292,8 @@ class Tracker:
         if curves:
             pr = {c: (v["recall"], v["precision"], v["average_precision"]) for c, v in curves.items()}
             roc = {c: (v["fpr"], v["tpr"], v["auroc"]) for c, v in curves.items()}
-            drawn["pr_curve.png"] = ask("pr_curve_figure", pr, "test")
-            drawn["roc_curve.png"] = ask("roc_curve_figure", roc, "test")
+            drawn["pr_curve.png"] = ask("pr_curve_pixels", pr, "test")
+            drawn["roc_curve.png"] = ask("roc_curve_pixels", roc, "test")
         threshold, sweep = readings.get("threshold"), readings.get("threshold_sweep")
         if threshold and sweep:
             columns = [sweep[k] for k in ("threshold", "precision", "recall", "f1")]
@@ -341,7 +341,7 @@ class Tracker:
         """curves.png once no epoch is left to train: drawn while the test runs and is logged, written at close."""
         if self.history and self.writes and self._curves is None:
             shown = ("loss", "rmse", "r2") if self.cfg.get("task") == "regression" else ("loss", "accuracy", "f1")
-            self._curves = self.painter.submit("curves_figure", list(self.history), shown)
+            self._curves = self.painter.submit("curves_pixels", list(self.history), shown)
 
     def log_diagnosis(self, diagnosis: dict, epoch: int) -> None:
         """The verdict on the learning curves: metrics.json and TensorBoard's Text tab."""
