@@ -40,7 +40,7 @@ READY = 0  # the helper's first message, once matplotlib is imported; requests a
 # About how long each takes to draw, in units of 10 ms (a 10-class run's figures on a 2-core CPU, a helper's second
 # of each: its first builds the frame the others reuse): a picture goes to the helper owing the least time, so that
 # a run's end-of-run figures finish together. Others: 5.
-COST = {"curves_pixels": 6, "pr_curve_pixels": 5, "roc_curve_pixels": 5, "confusion_pixels": 1, "image_grid_pixels": 2}
+COST = {"curves_pixels": 6, "pr_curve_pixels": 3, "roc_curve_pixels": 3, "confusion_pixels": 1, "image_grid_pixels": 2}
 
 
 @dataclass(frozen=True)
