@@ -551,6 +551,26 @@ def write_run(path: Path, seed: int, width: int, status: str, value: float | Non
     (path / "metrics.json").write_text(json.dumps(m))
 
 
+def test_a_summary_shows_an_interpolated_value_resolved_and_resolves_only_runs_that_need_it(tmp_path, capsys):
+    """A sweep's summary reads each job's saved config: a key whose value is an interpolation shows resolved, and
+    only the values it reads are resolved (resolving all of them is most of reading a config)."""
+    from dlrun.results.runs import Run
+
+    for epochs in (3, 7):
+        job = tmp_path / f"dataset.epochs={epochs}"
+        write_run(job, 1, 8, "completed", 0.5 + epochs / 100)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"dataset.epochs={epochs}"]))
+        config = {"dataset": {"epochs": epochs}, "trainer": {"epochs": "${dataset.epochs}", "monitor": "val/f1"}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    summarize([tmp_path], tmp_path)
+    assert {row["dataset.epochs"] for row in summary_rows(tmp_path)} == {"3", "7"}
+    run = Run.load(tmp_path / "dataset.epochs=7", resolve_when_needed=True)
+    assert run.value("dataset.epochs") == "7" and run.monitor == "val/f1" and run._conf is None
+    assert run.value("trainer.epochs") == "7" and run.find("trainer") == (True, {"epochs": 7, "monitor": "val/f1"})
+    assert run.find("trainer.no_such_key") == (False, None)
+    assert Run.load(tmp_path / "dataset.epochs=3").config["trainer"]["epochs"] == 3  # eager, as dlrun.train returns it
+
+
 def test_seed_groups_show_mean_and_std_over_finished_seeds(tmp_path, capsys):
     runs = [
         (1, 8, "completed", 0.5),

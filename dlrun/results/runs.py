@@ -8,7 +8,7 @@ import json
 import math
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -20,6 +20,7 @@ from dlrun.core.nested import lookup
 # Interpolations that mean something only inside the Hydra app that ran the job, or only at that moment:
 # resolved later they would fail, or give today's date. They stay as the saved config writes them.
 UNRESOLVABLE = ("${hydra:", "${now:")
+_ABSENT = object()
 
 # The types of what the summaries read from metrics.json; a value of another type makes the run unreadable.
 NUMBER = (int, float)
@@ -63,10 +64,13 @@ class Run:
     metrics: dict
     history: list[dict]
     problem: str | None = None  # why metrics.json or history.csv cannot be used: the run shows as unreadable
+    unresolved: bool = False  # `config` as saved: a value read that is an interpolation is resolved then (find)
+    _conf: object = field(default=None, repr=False, compare=False)  # the saved config as OmegaConf's, once needed
 
     @classmethod
-    def load(cls, path: Path, resolve: bool = True, with_config: bool = True) -> "Run":
+    def load(cls, path: Path, resolve: bool = True, with_config: bool = True, resolve_when_needed: bool = False) -> "Run":
         """`resolve`: the saved config with its interpolations resolved (a few ms a run; see `resolved`);
+        `resolve_when_needed`: each value resolved as it is read (a sweep's summary reads the few it shows);
         `with_config` False: no config read at all (`dlrun runs` reads it only for a run it asks about)."""
         hydra_dir = path / ".hydra"
         overrides = {}
@@ -81,8 +85,31 @@ class Run:
         except Unreadable as err:  # one damaged file: the run is a row that says why, the others are read as ever
             metrics, history, problem = {}, [], str(err)
         config = read_config(path) if with_config else {}
-        config = resolved(config) if resolve else config
-        return cls(path, overrides, config, choices, metrics, history, problem)
+        later = resolve and resolve_when_needed
+        config = resolved(config) if resolve and not later else config
+        return cls(path, overrides, config, choices, metrics, history, problem, unresolved=later)
+
+    def find(self, key: str) -> tuple[bool, object]:
+        """(found, value) of a dotted key of the config, its interpolations resolved as `load` was asked to."""
+        found, node = lookup(self.config, key)
+        if self.unresolved and (not found or "${" in str(node)):  # a key below an interpolation, or one itself
+            return self._resolved(key, found, node)
+        return found, node
+
+    def _resolved(self, key: str, found: bool, node) -> tuple[bool, object]:
+        """One key resolved in the saved config, as `resolved` resolves them all (in a third of the time): one that
+        cannot be outside its job keeps its saved text."""
+        if any(u in str(node) for u in UNRESOLVABLE):
+            return found, node
+        if self._conf is None:
+            self._conf = OmegaConf.create(self.config)
+        try:
+            value = OmegaConf.select(self._conf, key, default=_ABSENT, throw_on_resolution_failure=True)
+            if value is _ABSENT:
+                return False, None
+            return True, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except Exception:  # noqa: BLE001 - an interpolation that needs its job (or another resolver)
+            return found, node
 
     def value(self, key: str) -> str:
         """A config value as text: a group's chosen option, else the key in the saved config; for `device`,
@@ -92,7 +119,7 @@ class Run:
         if key in self.choices:
             choice = self.choices[key]
             return "null" if choice is None else str(choice)  # as an override writes it: experiment=null
-        found, node = lookup(self.config, key)
+        found, node = self.find(key)
         if not found:
             return self.overrides.get(key, "")
         if isinstance(node, list):
@@ -141,11 +168,15 @@ class Run:
 
     @property
     def monitor(self) -> str:
-        return self.metrics.get("monitor") or _typed(self.config.get("trainer"), dict).get("monitor", "val/f1")
+        return self.metrics.get("monitor") or self._trainer("monitor", "val/f1")
 
     @property
     def mode(self) -> str:
-        return _typed(self.config.get("trainer"), dict).get("mode", "max")
+        return self._trainer("mode", "max")
+
+    def _trainer(self, key: str, default: str) -> str:
+        found, value = self.find(f"trainer.{key}")
+        return value if found and value is not None else default
 
 
 # How Hydra writes hydra.yaml (through OmegaConf): `hydra.runtime.choices` is this block, its entries six spaces in.

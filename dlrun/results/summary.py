@@ -533,7 +533,7 @@ def summarize(
     # Within one sweep the swept values name the rows; runs from anywhere else are named by their path too.
     parents = {p.parent for p in run_dirs}
     with_names = len(parents) > 1 or not (parents.pop() / "multirun.yaml").is_file()
-    runs = [Run.load(p) for p in run_dirs]
+    runs = [Run.load(p, resolve_when_needed=True) for p in run_dirs]
     summary = build_summary(runs, Path(out_dir), with_names, choice)
     if strict and summary.missing:
         raise DlrunError(_missing_message(summary.missing, runs))
