@@ -333,11 +333,11 @@ def goal_rows(results: dict) -> list[dict]:
     for name, e in results["epochs"].items():
         least = 8 if name == "mlp_100" else 2
         for variant in ("fp32", "defaults"):
-            label = "fp32" if variant == "fp32" else e["defaults"]
+            label = "fp32" if variant == "fp32" else f"defaults: {e['defaults']}"
             ratio = e["standard_s"] / e[f"dlrun_{variant}_s"]
             rows.append(
                 goal_row(
-                    f"5. one epoch of model={name}, DataLoader vs dlrun's DeviceLoader ({label}), in process",
+                    f"5. one epoch in process, model={name}, DataLoader vs DeviceLoader ({label})",
                     None,
                     f"{ratio:.1f}x ({e['standard_s']:.1f} s vs {e[f'dlrun_{variant}_s']:.2f} s)",
                     f">= {least}x",
@@ -374,10 +374,10 @@ def goal_row(name: str, pair_result: dict | None, figure: str, goal: str, met: b
 
 def print_report(results: dict) -> None:
     print(f"\nmachine: {results['machine']}; {results['date']}; medians of {ROUNDS} interleaved runs")
-    print(f"{'measure':<86} {'dlrun':>17} {'standard':>17}  {'figure':<26} {'goal':<20} met")
+    print(f"{'measure':<96} {'dlrun':>17} {'standard':>17}  {'figure':<30} {'goal':<20} met")
     for r in results["rows"]:
         met = "met" if r["met"] else "NOT met"
-        print(f"{r['measure']:<86} {r.get('dlrun', ''):>17} {r.get('standard', ''):>17}  {r['figure']:<26} {r['goal']:<20} {met}")
+        print(f"{r['measure']:<96} {r.get('dlrun', ''):>17} {r.get('standard', ''):>17}  {r['figure']:<30} {r['goal']:<20} {met}")
     cnn, fixed, sweep = results["cnn"], results["fixed_cost"], results["sweep"]
     for name in ("cnn", "mlp"):
         print()
