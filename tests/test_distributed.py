@@ -195,6 +195,22 @@ def test_two_processes_write_one_run_directory_from_rank_0(ddp_run):
 
 
 @pytest.mark.slow
+def test_the_launching_process_starts_no_figure_helpers_and_rank_0_draws_the_figures(tmp_path):
+    """The process that starts the ranks trains nothing: helpers of its own would take the cores from the ranks'
+    start-up for figures nobody asks it for."""
+    run_dir = tmp_path / "run"
+    args = ["trainer.devices=2", "device=cpu", "trainer.batch_size=32", *COMMON, f"hydra.run.dir={run_dir}"]
+    code = (
+        f"import dlrun\nrun = dlrun.train({args!r})\nfrom dlrun.observe import drawing\n"
+        "print('helpers', 0 if drawing._painter is None else len(drawing._painter.helpers), run.status)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "helpers 0 completed"
+    assert {"curves.png", "confusion_matrix.png", "pr_curve.png", "roc_curve.png"} <= {p.name for p in run_dir.glob("*.png")}
+
+
+@pytest.mark.slow
 def test_two_processes_match_one_process_over_the_same_global_batch(ddp_run, single_run):
     # Synchronised by torchmetrics: without it rank 0 would report on half of the val set.
     assert_same_metrics(ddp_run[1], single_run, tol=1e-4)

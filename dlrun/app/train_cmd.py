@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
+from omegaconf.errors import OmegaConfBaseException
 
 from dlrun.config.groups import groups_setting_run_mode
 from dlrun.core.errors import ConfigError, DlrunError
@@ -139,7 +140,7 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
 
     @hydra.main(version_base="1.3", config_path="pkg://dlrun.configs", config_name="train")
     def train(cfg):
-        if is_main():  # the figures' helper imports matplotlib while this process imports torch (drawing.py)
+        if is_main() and not _launches_ranks(cfg):  # the figures' helper imports matplotlib while this process imports torch
             drawing.painter().add_helpers(_helpers_wanted())
         from dlrun.app import job  # the boundary: torch and the engine load only when a job runs
 
@@ -166,6 +167,15 @@ def _hydra_app(launched: Launched, failures: list, verbose: bool, locked: set[Pa
             job.remove_if_never_started(ctx.run_dir)
 
     return train
+
+
+def _launches_ranks(cfg) -> bool:
+    """This process starts trainer.devices ranks and draws nothing itself: its ranks' main draws the figures.
+    A devices value that is not a number is the config check's to name; until then, this process may train."""
+    try:
+        return int(cfg.trainer.get("devices", 1)) > 1 and not started_as_rank()
+    except (TypeError, ValueError, OmegaConfBaseException):
+        return False
 
 
 def _helpers_wanted() -> int:
