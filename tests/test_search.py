@@ -146,6 +146,25 @@ def test_a_trial_that_fails_is_recorded_and_the_search_goes_on(search):
     assert sum(r["status"].startswith("failed") for r in summary_rows(sweep_dir)) == len(failed)
 
 
+def test_a_trial_whose_sampled_option_does_not_exist_is_a_failed_row_of_the_summary(tmp_path):
+    """Its config never composes, so its job never starts: it still gets a job directory, and the summary names it."""
+    sweep_dir = tmp_path / "S"
+    with pytest.raises(DlrunError, match="did not finish") as failed:
+        dlrun.sweep([*SEARCH, "model=choice(mlp,nosuch)", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep_dir}"])
+    study = load_study(sweep_dir)
+    bad = [t for t in study.trials if t.params["model"] == "nosuch"]
+    assert bad and all(t.state == TrialState.FAIL for t in bad)
+    assert all(t.state != TrialState.FAIL for t in study.trials if t.params["model"] == "mlp")
+    rows = summary_rows(sweep_dir)
+    assert len(rows) == 4 and f"{len(bad)} of 4 jobs did not finish" in str(failed.value)
+    failed_rows = [r for r in rows if r["model"] == "nosuch"]
+    assert [float(r["optimizer.lr"]) for r in failed_rows] == pytest.approx([t.params["optimizer.lr"] for t in bad])
+    for row in failed_rows:
+        assert row["status"] == "failed" and row["error"].startswith("model=nosuch: no such option (options: cnn,")
+    names = [set(k.split("=")[0] for k in (sweep_dir / r["path"]).name.split(",")) for r in rows]
+    assert all(n == names[0] for n in names), "the failed trial's directory is named as the others are"
+
+
 @pytest.mark.skipif(not JOBLIB, reason="needs hydra-joblib-launcher (pip install 'dlrun[cluster]')")
 def test_the_trials_ran_in_joblib_workers(search):
     sweep_dir, _ = search

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from dlrun.config.schema import PRUNERS
 from dlrun.core.errors import ConfigError, DlrunError
-from dlrun.core.io import read_json
+from dlrun.core.io import read_json, write_json, write_text
 from dlrun.core.text import first_line, quote_override, show_value
 from dlrun.engine.search import make_pruner
 
@@ -185,6 +185,13 @@ def say(line: str) -> None:
 
 
 @dataclass
+class Unstarted:
+    """A trial whose job never started, and why."""
+
+    why: str
+
+
+@dataclass
 class Tally:
     """What this command's trials came to."""
 
@@ -292,10 +299,13 @@ class Search:
                 batch.append((trial.number, dict(trial.params)))
             if not batch:
                 return
-            returns = self.launch([self.overrides(number, params) for number, params in batch], job_idx)
-            job_idx += len(batch)
-            for (number, _), ret in zip(batch, returns):
+            lines = [self.overrides(number, params) for number, params in batch]
+            returns = self.launch(lines, job_idx)
+            for i, ((number, _), ret) in enumerate(zip(batch, returns)):
+                if isinstance(ret, Exception):  # its config did not compose: the job never started
+                    ret = self.record_unstarted(number, lines[i], job_idx + i, ret)
                 self.tell(study, number, ret)
+            job_idx += len(batch)
             if sweep_stopping():
                 self.tally.stopped = "stopped by SIGTERM"
 
@@ -313,9 +323,28 @@ class Search:
                 return [err]
             return [self.launch([overrides], job_idx + i)[0] for i, overrides in enumerate(batch)]
 
+    def record_unstarted(self, number: int, overrides: list[str], job_idx: int, err: Exception) -> "Unstarted":
+        """A trial whose job could not start still gets the directory Hydra would have named for it, holding its
+        overrides and a metrics.json that says it failed and why, so that the summary shows it with the others."""
+        from hydra._internal.config_loader_impl import get_overrides_dirname
+
+        from dlrun.app.callbacks import job_dir_name
+        from dlrun.app.explain import describe
+
+        why = describe(err, overrides)[0]
+        naming = self.config.hydra.job.config.override_dirname
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        dirname = get_overrides_dirname(parsed, list(naming.exclude_keys), naming.item_sep, naming.kv_sep)
+        job_dir = self.sweep_dir / job_dir_name(dirname, job_idx, self.sweep_dir, overrides)
+        if not (job_dir / "metrics.json").exists():
+            (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+            write_text(job_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(list(overrides)))
+            write_json(job_dir / "metrics.json", {"status": "failed", "error": why, "trial": number})
+        return Unstarted(why)
+
     def tell(self, study: optuna.Study, number: int, ret) -> None:
-        if isinstance(ret, Exception):
-            state, value, why = TrialState.FAIL, None, first_line(str(ret))
+        if isinstance(ret, Unstarted):
+            state, value, why = TrialState.FAIL, None, ret.why
         else:
             state, value, why = outcome(ret)
         if state is None:  # stays RUNNING: the same command resumes it in its own job directory
