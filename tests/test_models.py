@@ -108,6 +108,16 @@ def test_cnn_takes_per_block_settings_and_sizes_its_head_by_a_dry_pass():
     assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
+def test_a_list_of_kernel_sizes_sets_the_first_block_too_and_one_value_leaves_it_to_first_kernel_size():
+    def kernels(*overrides):
+        return [block[0].kernel_size[0] for block in build("model=cnn", *overrides).features]
+
+    assert kernels() == [5, 3, 3], "the default CNN: a 5x5 first kernel, then 3x3 ones"
+    assert kernels("model.kernel_size=[3,3,3]") == [3, 3, 3]
+    assert kernels("model.kernel_size=7") == [5, 7, 7]
+    assert kernels("model.kernel_size=3", "model.first_kernel_size=null") == [3, 3, 3]
+
+
 def test_cnn_checks_its_lists_and_the_shrinking_feature_map():
     assert build_error("model=cnn", "model.channels=[8,8,8]", "model.kernel_size=[3,5]").startswith(
         "model.kernel_size=[3, 5]: must be one value or a list of 3, one per block"

@@ -124,7 +124,8 @@ class CNN(nn.Module):
     """Conv blocks, each conv -> [batch norm] -> activation -> [pool] -> [dropout], then a linear head.
 
     kernel_size, stride, padding, pooling, batch_norm, dropout and activation take one value for all blocks
-    or a list with one entry per block. first_kernel_size, when set, replaces the first block's: a wider view
+    or a list with one entry per block. first_kernel_size, when set, replaces the first block's where kernel_size is
+    one value (a list says every block's): a wider view
     of the raw pixels, cheap where there are few input channels. The head's input size comes from a dry forward pass."""
 
     def __init__(
@@ -160,7 +161,8 @@ class CNN(nn.Module):
                 activation=activation,
             ).items()
         }
-        per["kernel_size"] = [first_kernel_size or per["kernel_size"][0], *per["kernel_size"][1:]]
+        if first_kernel_size and isinstance(kernel_size, int):  # a list names every block's kernel, the first's too
+            per["kernel_size"][0] = first_kernel_size
         blocks, c_in = [], in_shape[0]
         for i, c_out in enumerate(int(c) for c in channels):
             k, bn, pool = int(per["kernel_size"][i]), bool(per["batch_norm"][i]), per["pooling"][i]
