@@ -147,9 +147,8 @@ class CNN(nn.Module):
     ):
         super().__init__()
         in_shape = image_shape(in_shape, "cnn")
-        n = len(channels)
         per = {
-            key: _per_block(value, n, f"model.{key}")
+            key: _per_block(value, len(channels), f"model.{key}")
             for key, value in dict(
                 kernel_size=kernel_size,
                 stride=stride,
@@ -162,7 +161,7 @@ class CNN(nn.Module):
             ).items()
         }
         if first_kernel_size and isinstance(kernel_size, int):  # a list names every block's kernel, the first's too
-            per["kernel_size"][0] = first_kernel_size
+            per["kernel_size"] = [first_kernel_size, *per["kernel_size"][1:]]
         blocks, c_in = [], in_shape[0]
         for i, c_out in enumerate(int(c) for c in channels):
             k, bn, pool = int(per["kernel_size"][i]), bool(per["batch_norm"][i]), per["pooling"][i]
