@@ -16,6 +16,7 @@ from helpers import compose_config
 import dlrun
 from dlrun.core.errors import DlrunError
 from dlrun.observe.dashboards import SWEEP_EXPERIMENT_SUFFIX, read_session_hparams
+from dlrun.results.listing import list_runs
 
 optuna = pytest.importorskip("optuna", reason="needs optuna (pip install 'dlrun[search]')")
 TrialState = optuna.trial.TrialState
@@ -163,6 +164,8 @@ def test_a_trial_whose_sampled_option_does_not_exist_is_a_failed_row_of_the_summ
         assert row["status"] == "failed" and row["error"].startswith("model=nosuch: no such option (options: cnn,")
     names = [set(k.split("=")[0] for k in (sweep_dir / r["path"]).name.split(",")) for r in rows]
     assert all(n == names[0] for n in names), "the failed trial's directory is named as the others are"
+    entries, _ = list_runs([sweep_dir])
+    assert sorted(str(e.field("model")) for e in entries) == sorted(["mlp"] * (4 - len(bad)) + ["nosuch"] * len(bad))
 
 
 @pytest.mark.skipif(not JOBLIB, reason="needs hydra-joblib-launcher (pip install 'dlrun[cluster]')")

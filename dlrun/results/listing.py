@@ -82,10 +82,11 @@ class Entry:
         metrics = self.run.metrics
         if key == "date":
             return self.started
+        # A job whose config never composed (an Optuna trial's sampled option that does not exist) has only overrides.
         if key == "model":  # the option chosen (resnet18), not the class it builds (ResNet)
-            return self.run.choices.get("model") or metrics.get("model")
+            return self.run.choices.get("model") or metrics.get("model") or self.run.overrides.get("model")
         if key == "dataset":  # the dataset's own name (an image folder's), else the option chosen
-            return metrics.get("dataset") or self.run.choices.get("dataset")
+            return metrics.get("dataset") or self.run.choices.get("dataset") or self.run.overrides.get("dataset")
         if key == "monitor":
             return self.monitor
         if key == "host":
